@@ -1,0 +1,481 @@
+//! Normalization shared by every decoder: image references, container ids, pod owners, times.
+//!
+//! Sources name the same thing in different ways (`nginx` in a pod spec, `docker.io/library/nginx:latest`
+//! from the runtime, `docker-pullable://...@sha256:...` from some kubelets). Everything a decoder
+//! puts into a signal goes through here, so that the correlator compares like with like.
+
+use std::fmt::Write;
+
+use tidemark_proto::v1::{Image, Platform, WorkloadKey, WorkloadResolution};
+
+/// Registry host that Docker Hub short names resolve to.
+pub(crate) const DOCKER_HUB: &str = "docker.io";
+
+/// Runtime prefixes that some sources put in front of image references or container ids.
+const REFERENCE_PREFIXES: [&str; 5] = [
+    "docker-pullable://",
+    "docker://",
+    "containerd://",
+    "cri-o://",
+    "crio://",
+];
+
+/// Parses an image reference the way container runtimes do.
+///
+/// `nginx` becomes `docker.io/library/nginx:latest`, `bob/app` becomes `docker.io/bob/app:latest`,
+/// `index.docker.io/...` becomes `docker.io/...`, and a reference pinned by digest keeps the digest
+/// (and no implied `latest` tag). Returns `None` for an empty or obviously malformed reference.
+pub(crate) fn parse_image(raw: &str) -> Option<Image> {
+    let mut rest = raw.trim();
+    for prefix in REFERENCE_PREFIXES {
+        if let Some(stripped) = rest.strip_prefix(prefix) {
+            rest = stripped;
+        }
+    }
+    if rest.is_empty() || rest.len() > 1024 || rest.contains(char::is_whitespace) {
+        return None;
+    }
+    let (name_and_tag, digest) = match rest.split_once('@') {
+        Some((name, digest)) => (name, normalize_digest(digest)),
+        None => (rest, None),
+    };
+    // A tag is the text after the last `:` of the last path component (a `:` earlier is a port).
+    let last_slash = name_and_tag.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match name_and_tag[last_slash..].rfind(':') {
+        Some(i) => (
+            &name_and_tag[..last_slash + i],
+            &name_and_tag[last_slash + i + 1..],
+        ),
+        None => (name_and_tag, ""),
+    };
+    if name.is_empty() || name.ends_with('/') {
+        return None;
+    }
+    let (registry, repository) = split_registry(name);
+    let tag = match (tag.is_empty(), digest.is_some()) {
+        (true, false) => "latest".to_owned(),
+        _ => tag.to_owned(),
+    };
+    Some(build_image(
+        registry,
+        repository,
+        tag,
+        digest.unwrap_or_default(),
+    ))
+}
+
+/// Builds an image from its parts, normalizing the registry host and filling `reference`.
+pub(crate) fn build_image(
+    registry: String,
+    repository: String,
+    tag: String,
+    digest: String,
+) -> Image {
+    let mut registry = registry.to_ascii_lowercase();
+    let mut repository = repository;
+    if registry == "index.docker.io" || registry == "registry-1.docker.io" || registry.is_empty() {
+        registry = DOCKER_HUB.to_owned();
+    }
+    if registry == DOCKER_HUB && !repository.contains('/') {
+        repository.insert_str(0, "library/");
+    }
+    let mut reference = String::with_capacity(registry.len() + repository.len() + 80);
+    let _ = write!(reference, "{registry}/{repository}");
+    if !tag.is_empty() {
+        let _ = write!(reference, ":{tag}");
+    }
+    if !digest.is_empty() {
+        let _ = write!(reference, "@{digest}");
+    }
+    Image {
+        reference,
+        registry,
+        repository,
+        tag,
+        digest,
+    }
+}
+
+/// Splits `host[:port]/path` into registry and repository, following the Docker rule: the first
+/// component is a registry only if it has a `.` or a `:`, or is `localhost`.
+fn split_registry(name: &str) -> (String, String) {
+    if let Some((first, rest)) = name.split_once('/') {
+        if first.contains('.') || first.contains(':') || first == "localhost" {
+            return (first.to_owned(), rest.to_owned());
+        }
+    }
+    (DOCKER_HUB.to_owned(), name.to_owned())
+}
+
+/// Returns `algo:hex` when `raw` is a well-formed content digest (`sha256` with 64 hex digits or
+/// `sha512` with 128), lower-cased; `None` otherwise.
+pub(crate) fn normalize_digest(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    let (algorithm, hex) = raw.split_once(':')?;
+    let expected = match algorithm {
+        "sha256" => 64,
+        "sha512" => 128,
+        _ => return None,
+    };
+    if hex.len() != expected || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(format!("{algorithm}:{}", hex.to_ascii_lowercase()))
+}
+
+/// Returns the digest part of `repo@sha256:...` (Tetragon `image.id`, kubelet `imageID`).
+pub(crate) fn digest_of_reference(raw: &str) -> Option<String> {
+    match raw.rsplit_once('@') {
+        Some((_, digest)) => normalize_digest(digest),
+        None => normalize_digest(raw),
+    }
+}
+
+/// Normalizes a container id: strips the runtime prefix and lower-cases it. Returns `None` when
+/// what is left is not hex (ids of any length are accepted, since sources truncate them
+/// differently: 12 hex in Falco, 31 in Tetragon's `docker` field, 64 elsewhere).
+pub(crate) fn container_id(raw: &str) -> Option<String> {
+    let mut id = raw.trim();
+    for prefix in REFERENCE_PREFIXES {
+        if let Some(stripped) = id.strip_prefix(prefix) {
+            id = stripped;
+        }
+    }
+    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(id.to_ascii_lowercase())
+}
+
+/// Characters Kubernetes uses for generated name suffixes (`rand.SafeEncodeString`): no vowels,
+/// no `0`, `1` or `3`, so that suffixes never spell words.
+fn is_generated_char(b: u8) -> bool {
+    matches!(b, b'b'..=b'd' | b'f'..=b'h' | b'j'..=b'n' | b'p'..=b't' | b'v' | b'w' | b'x' | b'z')
+        || matches!(b, b'2' | b'4'..=b'9')
+}
+
+fn is_generated_suffix(s: &str, min: usize, max: usize) -> bool {
+    (min..=max).contains(&s.len()) && s.bytes().all(is_generated_char)
+}
+
+/// Derives the controller that owns a pod from the pod's generated name.
+///
+/// `web-7c9d9f6b8-x2l4p` (ReplicaSet hash, then a 5-character suffix) belongs to Deployment `web`.
+/// A name with only the 5-character suffix (`node-exporter-x2l4p`) belongs to a DaemonSet, Job or
+/// bare ReplicaSet; the kind is left empty. Anything else is taken to be the pod itself.
+pub(crate) fn owner_from_pod_name(pod: &str) -> (String, &'static str, WorkloadResolution) {
+    if let Some((head, suffix)) = pod.rsplit_once('-') {
+        if is_generated_suffix(suffix, 5, 5) {
+            if let Some((base, hash)) = head.rsplit_once('-') {
+                if is_generated_suffix(hash, 6, 10) && !base.is_empty() {
+                    return (base.to_owned(), "Deployment", WorkloadResolution::PodName);
+                }
+            }
+            if !head.is_empty() {
+                return (head.to_owned(), "", WorkloadResolution::PodName);
+            }
+        }
+    }
+    (pod.to_owned(), "Pod", WorkloadResolution::Instance)
+}
+
+/// Derives the Deployment that owns a ReplicaSet (`web-7c9d9f6b8` belongs to `web`).
+pub(crate) fn deployment_from_replicaset(replicaset: &str) -> Option<&str> {
+    let (base, hash) = replicaset.rsplit_once('-')?;
+    (is_generated_suffix(hash, 6, 10) && !base.is_empty()).then_some(base)
+}
+
+/// Builds the workload key of a Kubernetes pod, preferring an explicit owner when the source
+/// gives one.
+pub(crate) fn kubernetes_pod_workload(
+    cluster: &str,
+    namespace: &str,
+    pod: &str,
+    explicit_owner: Option<(&str, &str)>,
+) -> WorkloadKey {
+    let (name, kind, resolution) = match explicit_owner {
+        Some((kind, name)) if !name.is_empty() => {
+            let (kind, name) = match (kind, deployment_from_replicaset(name)) {
+                ("ReplicaSet", Some(deployment)) => ("Deployment", deployment),
+                _ => (kind, name),
+            };
+            (
+                name.to_owned(),
+                kind.to_owned(),
+                WorkloadResolution::Explicit,
+            )
+        }
+        _ => {
+            let (name, kind, resolution) = owner_from_pod_name(pod);
+            (name, kind.to_owned(), resolution)
+        }
+    };
+    WorkloadKey {
+        platform: Platform::Kubernetes as i32,
+        cluster: cluster.to_owned(),
+        namespace: namespace.to_owned(),
+        kind,
+        name,
+        resolution: resolution as i32,
+        instance: pod.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Builds the workload key of a record that names only a container.
+pub(crate) fn container_workload(cluster: &str, id: &str) -> WorkloadKey {
+    WorkloadKey {
+        platform: Platform::Kubernetes as i32,
+        cluster: cluster.to_owned(),
+        name: id.to_owned(),
+        resolution: WorkloadResolution::Container as i32,
+        ..Default::default()
+    }
+}
+
+/// Parses an RFC 3339 timestamp (`2023-05-25T13:44:05.478445995Z`,
+/// `2016-03-09T14:44:26.402973972-08:00`) into nanoseconds since the Unix epoch.
+pub(crate) fn parse_rfc3339(raw: &str) -> Option<i64> {
+    let b = raw.trim().as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let digits = b.get(range)?;
+        let mut value = 0i64;
+        for &d in digits {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            value = value * 10 + i64::from(d - b'0');
+        }
+        Some(value)
+    };
+    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    if second > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            if i - start < 9 {
+                nanos = nanos * 10 + i64::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        let num_digits = i - start;
+        if num_digits == 0 {
+            return None;
+        }
+        for _ in num_digits..9 {
+            nanos *= 10;
+        }
+    }
+    let offset_seconds = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let minutes = num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?;
+            if *sign == b'+' {
+                minutes * 60
+            } else {
+                -minutes * 60
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_seconds;
+    seconds.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month_from_march = (month + 9) % 12;
+    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// Converts whole seconds since the epoch to nanoseconds, rejecting values out of range.
+pub(crate) fn seconds_to_nanos(seconds: i64) -> Option<i64> {
+    seconds.checked_mul(1_000_000_000)
+}
+
+/// Adds `digest` to `image` unless the image already names one.
+pub(crate) fn with_digest(image: Image, digest: Option<String>) -> Image {
+    match digest {
+        Some(digest) if image.digest.is_empty() => {
+            build_image(image.registry, image.repository, image.tag, digest)
+        }
+        _ => image,
+    }
+}
+
+/// Converts a port read from JSON to a port number; out-of-range values give 0 (unknown).
+pub(crate) fn port(value: Option<i64>) -> u32 {
+    value
+        .and_then(|port| u32::try_from(port).ok())
+        .filter(|port| *port <= 65_535)
+        .unwrap_or(0)
+}
+
+/// Returns the last path segment of a binary path (`/usr/bin/xmrig` gives `xmrig`).
+pub(crate) fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(raw: &str) -> String {
+        parse_image(raw)
+            .map(|image| image.reference)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn short_names_expand_to_docker_hub_library() {
+        assert_eq!(reference("nginx"), "docker.io/library/nginx:latest");
+        assert_eq!(reference("nginx:1.25"), "docker.io/library/nginx:1.25");
+        assert_eq!(
+            reference("docker.io/library/nginx"),
+            "docker.io/library/nginx:latest"
+        );
+        assert_eq!(
+            reference("index.docker.io/library/nginx"),
+            "docker.io/library/nginx:latest"
+        );
+        assert_eq!(reference("yzsqbe/ka:si"), "docker.io/yzsqbe/ka:si");
+    }
+
+    #[test]
+    fn registry_with_port_is_not_a_tag() {
+        let image = parse_image("registry.corp.example:5000/team/web").unwrap();
+        assert_eq!(image.registry, "registry.corp.example:5000");
+        assert_eq!(image.repository, "team/web");
+        assert_eq!(image.tag, "latest");
+        let image = parse_image("localhost/harbor/alpine:3.19").unwrap();
+        assert_eq!(image.registry, "localhost");
+        assert_eq!(image.repository, "harbor/alpine");
+    }
+
+    #[test]
+    fn digest_pins_without_implied_latest() {
+        let digest = "sha256:8e86f744bfea165fd4ce68caa05abc96500f40130b857773186401926af7e9e6";
+        let image = parse_image(&format!("docker-pullable://quay.io/isovalent/app@{digest}"));
+        let image = image.unwrap();
+        assert_eq!(image.registry, "quay.io");
+        assert_eq!(image.tag, "");
+        assert_eq!(image.digest, digest);
+        assert_eq!(image.reference, format!("quay.io/isovalent/app@{digest}"));
+    }
+
+    #[test]
+    fn malformed_digests_are_dropped() {
+        assert_eq!(
+            normalize_digest("sha256:6c62fb45fe66bfb1ea9a66abc38f6a0cc974292b"),
+            None
+        );
+        assert_eq!(normalize_digest("md5:abc"), None);
+        assert!(normalize_digest(&format!("sha256:{}", "A".repeat(64))).is_some());
+    }
+
+    #[test]
+    fn garbage_references_are_rejected() {
+        assert!(parse_image("").is_none());
+        assert!(parse_image("a b").is_none());
+        assert!(parse_image("registry.example/").is_none());
+    }
+
+    #[test]
+    fn container_ids_lose_runtime_prefix() {
+        assert_eq!(
+            container_id("containerd://ABCdef0123").as_deref(),
+            Some("abcdef0123")
+        );
+        assert_eq!(
+            container_id("cri-o://3ad7b26ded6d").as_deref(),
+            Some("3ad7b26ded6d")
+        );
+        assert_eq!(container_id("not-hex"), None);
+    }
+
+    #[test]
+    fn pod_names_resolve_to_their_controller() {
+        assert_eq!(
+            owner_from_pod_name("web-7c9d9f6b8-x2l4p"),
+            ("web".to_owned(), "Deployment", WorkloadResolution::PodName)
+        );
+        assert_eq!(
+            owner_from_pod_name("nginx-deployment-78f5d695bd-nxqz5"),
+            (
+                "nginx-deployment".to_owned(),
+                "Deployment",
+                WorkloadResolution::PodName
+            )
+        );
+        assert_eq!(
+            owner_from_pod_name("node-exporter-x2l4p"),
+            ("node-exporter".to_owned(), "", WorkloadResolution::PodName)
+        );
+        assert_eq!(
+            owner_from_pod_name("kubecon"),
+            ("kubecon".to_owned(), "Pod", WorkloadResolution::Instance)
+        );
+        // A vowel cannot appear in a generated suffix: `redis-alpha` is a plain pod name.
+        assert_eq!(
+            owner_from_pod_name("redis-alpha").2,
+            WorkloadResolution::Instance
+        );
+    }
+
+    #[test]
+    fn replicaset_owner_maps_to_deployment() {
+        let key = kubernetes_pod_workload(
+            "prod",
+            "default",
+            "nginx-deployment-78f5d695bd-nxqz5",
+            Some(("ReplicaSet", "nginx-deployment-78f5d695bd")),
+        );
+        assert_eq!(key.kind, "Deployment");
+        assert_eq!(key.name, "nginx-deployment");
+        assert_eq!(key.resolution, WorkloadResolution::Explicit as i32);
+    }
+
+    #[test]
+    fn rfc3339_parses_fractions_and_offsets() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339("2023-05-25T13:44:05.478445995Z"),
+            Some(1_685_022_245_478_445_995)
+        );
+        assert_eq!(
+            parse_rfc3339("2016-03-09T14:44:26.402973972-08:00"),
+            parse_rfc3339("2016-03-09T22:44:26.402973972Z")
+        );
+        assert_eq!(
+            parse_rfc3339("2025-03-04T06:22:18.8192Z"),
+            Some(1_741_069_338_819_200_000)
+        );
+        assert_eq!(parse_rfc3339("2025-13-04T06:22:18Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(parse_rfc3339("2025-03-04T06:22:18"), None);
+    }
+}
