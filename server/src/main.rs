@@ -1,0 +1,134 @@
+//! The `tidemark` binary: one executable, one subcommand per role.
+//!
+//! - `tidemark ingest`: a member of the ingest consumer group on Kafka.
+//! - `tidemark normalize FILE...`: decodes telemetry files offline and prints one normalized
+//!   signal per line, to check a feed before wiring it to Kafka.
+
+mod normalize;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tidemark_ingest::config::IngestConfig;
+use tidemark_ingest::worker::IngestWorker;
+use tracing::{error, info};
+
+/// tidemark correlates container telemetry into cryptomining kill chains.
+#[derive(Parser)]
+#[command(name = "tidemark", version, about)]
+struct Cli {
+    /// Log filter, in `tracing` env-filter syntax (`info`, `tidemark_ingest=debug`).
+    #[arg(long, global = true, env = "TIDEMARK_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume raw telemetry topics and produce signals, image facts and dead letters.
+    Ingest {
+        /// Configuration file (YAML); without it the defaults apply. `TIDEMARK_*` environment
+        /// variables override keys (`TIDEMARK_KAFKA__BROKERS=host:9092`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Decode telemetry files and print one normalized signal per line as JSON.
+    ///
+    /// Files may hold NDJSON, one JSON document, or arrays and envelopes of records; `-` reads
+    /// standard input. Records that cannot be decoded are reported on standard error with their
+    /// file and line; the exit status is 1 if any was.
+    Normalize {
+        /// Files to decode; `-` for standard input.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Decode every record as this format instead of detecting it (`falco`, `k8s-audit`, ...).
+        #[arg(long, default_value = "auto")]
+        format: String,
+        /// Cluster name for records that do not name their cluster.
+        #[arg(long, default_value = "")]
+        cluster: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let result = match cli.command {
+        Command::Ingest { config } => run_ingest(config),
+        Command::Normalize {
+            files,
+            format,
+            cluster,
+        } => normalize::run(&files, &format, &cluster).map(|all_decoded| {
+            if all_decoded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            error!(error = format!("{error:#}"), "tidemark failed");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_ingest(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = IngestConfig::load(config_path.as_deref(), std::env::vars())
+        .context("failed to load the ingest configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(async {
+        let worker = IngestWorker::try_new(config).context("failed to start the ingest worker")?;
+        let stats = worker
+            .run(shutdown_signal())
+            .await
+            .context("ingest worker stopped")?;
+        info!(
+            num_records = stats.num_records,
+            num_retired = stats.num_retired,
+            "ingest exited"
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    error!(%error, "cannot listen for SIGTERM; only Ctrl-C stops ingest");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+        info!("shutdown requested");
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
