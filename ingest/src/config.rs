@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 pub const ENV_PREFIX: &str = "TIDEMARK_";
 
 /// Configuration of `tidemark ingest`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
     /// How to reach Kafka.
@@ -169,16 +169,6 @@ impl Default for LimitsConfig {
             max_in_flight_records: default_max_in_flight(),
             max_dead_letter_bytes: default_max_dead_letter_bytes(),
             stats_interval_secs: default_stats_interval_secs(),
-        }
-    }
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        IngestConfig {
-            kafka: KafkaConfig::default(),
-            topics: TopicsConfig::default(),
-            limits: LimitsConfig::default(),
         }
     }
 }

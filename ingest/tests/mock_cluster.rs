@@ -5,6 +5,8 @@
 //! what it retired, that a clean restart resumes with nothing skipped and nothing repeated, and
 //! that a crash (the worker dropped without draining) loses nothing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -344,7 +346,7 @@ async fn crash_before_commit_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     handle.abort();
-    let _ = handle.await;
+    assert!(handle.await.unwrap_err().is_cancelled(), "the worker was still running");
 
     let worker = IngestWorker::try_new(config(&brokers, group)).unwrap();
     let end = records.len() as i64;

@@ -1,5 +1,7 @@
 //! Every real sample in `fixtures/samples` decodes to the signals an analyst would expect.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 use tidemark_ingest::decode::{self, Decoded, InputFormat, RecordContext};
@@ -8,7 +10,9 @@ use tidemark_proto::v1::signal::Fact;
 use tidemark_proto::v1::{Format, RawPointer, Signal, SourceKind, WorkloadResolution};
 
 fn decode_sample(path: &str) -> (Vec<Signal>, Vec<Decoded>) {
-    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/samples").join(path);
+    let full = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/samples")
+        .join(path);
     let content = std::fs::read(&full).unwrap();
     let mut signals = Vec::new();
     let mut all = Vec::new();
@@ -16,7 +20,11 @@ fn decode_sample(path: &str) -> (Vec<Signal>, Vec<Decoded>) {
         let Piece::Record { line, bytes } = piece else {
             panic!("{path}: invalid JSON piece {piece:?}");
         };
-        let pointer = RawPointer { topic: path.to_owned(), line, ..Default::default() };
+        let pointer = RawPointer {
+            topic: path.to_owned(),
+            line,
+            ..Default::default()
+        };
         let mut ctx = RecordContext::new(pointer, 1);
         ctx.cluster = "lab".to_owned();
         let decoded = decode::decode(bytes, InputFormat::Auto, &ctx)
@@ -43,14 +51,25 @@ fn falco_terminal_shell_alert_names_pod_image_and_process() {
     assert_eq!(signal.source, SourceKind::Node as i32);
     assert_eq!(signal.event_time_unix_nano, 1_685_022_245_478_445_995);
     let workload = signal.workload.as_ref().unwrap();
-    assert_eq!((workload.namespace.as_str(), workload.name.as_str()), ("default", "kubecon"));
+    assert_eq!(
+        (workload.namespace.as_str(), workload.name.as_str()),
+        ("default", "kubecon")
+    );
     assert_eq!(workload.cluster, "lab");
     assert_eq!(workload.resolution, WorkloadResolution::Instance as i32);
-    assert_eq!(signal.image.as_ref().unwrap().reference, "docker.io/library/alpine:latest");
+    assert_eq!(
+        signal.image.as_ref().unwrap().reference,
+        "docker.io/library/alpine:latest"
+    );
     let container = signal.container.as_ref().unwrap();
-    assert_eq!((container.id.as_str(), container.node.as_str()), ("ee97d9c4186f", "falco-xczjd"));
+    assert_eq!(
+        (container.id.as_str(), container.node.as_str()),
+        ("ee97d9c4186f", "falco-xczjd")
+    );
     assert_eq!(signal.actor.as_ref().unwrap().name, "root");
-    let Some(Fact::RuntimeAlert(alert)) = &signal.fact else { panic!("not an alert") };
+    let Some(Fact::RuntimeAlert(alert)) = &signal.fact else {
+        panic!("not an alert")
+    };
     assert_eq!(alert.rule, "Terminal shell in container");
     assert_eq!(alert.priority, "Critical");
     assert_eq!(alert.tags, ["container", "mitre_execution", "shell"]);
@@ -68,9 +87,14 @@ fn falco_old_format_alerts_decode_one_per_line() {
     assert_eq!(signals.len(), 8);
     for (i, signal) in signals.iter().enumerate() {
         assert_eq!(signal.raw.as_ref().unwrap().line, i as u64 + 1);
-        let Some(Fact::RuntimeAlert(alert)) = &signal.fact else { panic!("not an alert") };
+        let Some(Fact::RuntimeAlert(alert)) = &signal.fact else {
+            panic!("not an alert")
+        };
         assert_eq!(alert.rule, "open_from_cat");
-        assert_eq!(alert.process.as_ref().unwrap().command_line, "cat /dev/null");
+        assert_eq!(
+            alert.process.as_ref().unwrap().command_line,
+            "cat /dev/null"
+        );
         // Host events name no container and so no workload.
         assert!(signal.workload.is_none());
         assert_eq!(signal.partition_key(), "_");
@@ -84,16 +108,24 @@ fn tetragon_exec_names_pod_container_image_and_digest() {
     let first = &signals[0];
     assert_eq!(first.event_time_unix_nano, 1_666_062_978_273_546_829);
     let workload = first.workload.as_ref().unwrap();
-    assert_eq!((workload.namespace.as_str(), workload.name.as_str()), ("default", "tiefighter"));
+    assert_eq!(
+        (workload.namespace.as_str(), workload.name.as_str()),
+        ("default", "tiefighter")
+    );
     let image = first.image.as_ref().unwrap();
     assert_eq!(image.registry, "docker.io");
     assert_eq!(image.repository, "tgraf/netperf");
     assert_eq!(image.tag, "latest");
     assert_eq!(image.digest, NGINX_POD_DIGEST);
     let container = first.container.as_ref().unwrap();
-    assert_eq!(container.id, "19a02291e106ce6227b684197be232ea57c4e1a5ab2604a12608c325d701c7f4");
+    assert_eq!(
+        container.id,
+        "19a02291e106ce6227b684197be232ea57c4e1a5ab2604a12608c325d701c7f4"
+    );
     assert_eq!(container.node, "my-node");
-    let Some(Fact::ProcessExecuted(process)) = &first.fact else { panic!("not an exec") };
+    let Some(Fact::ProcessExecuted(process)) = &first.fact else {
+        panic!("not an exec")
+    };
     assert_eq!(process.binary, "/usr/bin/netserver");
     assert_eq!(process.arguments, "-D");
     assert_eq!(process.command_line, "/usr/bin/netserver -D");
@@ -115,15 +147,29 @@ fn tetragon_pretty_printed_exec_and_connect_share_the_exec_id() {
         assert_eq!(image.registry, "quay.io");
         assert_eq!(image.repository, "isovalent/jobs-app-elasticsearch");
         assert!(image.digest.starts_with("sha256:ff3aa5862fd1"));
-        assert!(signal.container.as_ref().unwrap().id.starts_with("e6af4dff4ea3"));
+        assert!(
+            signal
+                .container
+                .as_ref()
+                .unwrap()
+                .id
+                .starts_with("e6af4dff4ea3")
+        );
     }
-    let Some(Fact::ProcessExecuted(process)) = &exec.fact else { panic!("not an exec") };
+    let Some(Fact::ProcessExecuted(process)) = &exec.fact else {
+        panic!("not an exec")
+    };
     assert_eq!(process.binary, "/usr/bin/nc");
-    let Some(Fact::NetworkConnection(connection)) = &connect.fact else { panic!("not a connect") };
+    let Some(Fact::NetworkConnection(connection)) = &connect.fact else {
+        panic!("not a connect")
+    };
     assert_eq!(connection.destination_address, "64.225.45.153");
     assert_eq!(connection.destination_port, 443);
     assert_eq!(connection.protocol, "TCP");
-    assert_eq!(connection.process.as_ref().unwrap().exec_id, process.exec_id);
+    assert_eq!(
+        connection.process.as_ref().unwrap().exec_id,
+        process.exec_id
+    );
     assert_eq!(exec.partition_key(), connect.partition_key());
 }
 
@@ -139,13 +185,24 @@ fn audit_deployment_create_names_actor_and_image() {
     assert_eq!(actor.name, "minikube-user");
     assert_eq!(actor.source_address, "192.168.99.1");
     assert!(actor.groups.contains(&"system:masters".to_owned()));
-    assert_eq!(signal.dedup_key, "k8s-audit/c5be68f4-80b8-4159-adc4-76ddb195334e");
-    let Some(Fact::WorkloadChanged(change)) = &signal.fact else { panic!("not a change") };
-    assert_eq!((change.verb.as_str(), change.resource.as_str()), ("create", "deployments"));
+    assert_eq!(
+        signal.dedup_key,
+        "k8s-audit/c5be68f4-80b8-4159-adc4-76ddb195334e"
+    );
+    let Some(Fact::WorkloadChanged(change)) = &signal.fact else {
+        panic!("not a change")
+    };
+    assert_eq!(
+        (change.verb.as_str(), change.resource.as_str()),
+        ("create", "deployments")
+    );
     assert!(!change.partial);
     assert_eq!(change.containers.len(), 1);
     let container = &change.containers[0];
-    assert_eq!(container.image.as_ref().unwrap().reference, "docker.io/library/nginx:latest");
+    assert_eq!(
+        container.image.as_ref().unwrap().reference,
+        "docker.io/library/nginx:latest"
+    );
 }
 
 #[test]
@@ -158,12 +215,21 @@ fn audit_pod_create_by_controller_belongs_to_the_deployment() {
         let workload = signal.workload.as_ref().unwrap();
         assert_eq!(workload.kind, "Deployment", "{path}");
         assert_eq!(workload.name, "nginx-deployment", "{path}");
-        assert_eq!(workload.resolution, WorkloadResolution::Explicit as i32, "{path}");
+        assert_eq!(
+            workload.resolution,
+            WorkloadResolution::Explicit as i32,
+            "{path}"
+        );
         assert!(workload.instance.starts_with("nginx-deployment-"), "{path}");
         let actor = signal.actor.as_ref().unwrap();
-        assert_eq!(actor.name, "system:serviceaccount:kube-system:replicaset-controller");
+        assert_eq!(
+            actor.name,
+            "system:serviceaccount:kube-system:replicaset-controller"
+        );
         assert_eq!(actor.kind, "service-account");
-        let Some(Fact::WorkloadChanged(change)) = &signal.fact else { panic!("not a change") };
+        let Some(Fact::WorkloadChanged(change)) = &signal.fact else {
+            panic!("not a change")
+        };
         assert_eq!(change.privileged, privileged, "{path}");
         assert_eq!(signal.partition_key(), "k8s/lab/default/nginx-deployment");
     }
@@ -172,7 +238,9 @@ fn audit_pod_create_by_controller_belongs_to_the_deployment() {
 #[test]
 fn audit_exec_and_attach_are_container_access() {
     let exec = only("k8s-audit/exec_pod.json");
-    let Some(Fact::ContainerAccess(access)) = &exec.fact else { panic!("not an access") };
+    let Some(Fact::ContainerAccess(access)) = &exec.fact else {
+        panic!("not an access")
+    };
     assert_eq!(access.kind, "exec");
     assert_eq!(access.command, "bash");
     assert_eq!(access.container, "nginx1");
@@ -183,7 +251,9 @@ fn audit_exec_and_attach_are_container_access() {
     assert_eq!(workload.resolution, WorkloadResolution::PodName as i32);
 
     let attach = only("k8s-audit/attach_pod.json");
-    let Some(Fact::ContainerAccess(access)) = &attach.fact else { panic!("not an access") };
+    let Some(Fact::ContainerAccess(access)) = &attach.fact else {
+        panic!("not an access")
+    };
     assert_eq!(access.kind, "attach");
     assert_eq!(attach.partition_key(), exec.partition_key());
 }
@@ -191,7 +261,9 @@ fn audit_exec_and_attach_are_container_access() {
 #[test]
 fn audit_delete_is_a_workload_change_without_images() {
     let signal = only("k8s-audit/delete_deployment.json");
-    let Some(Fact::WorkloadChanged(change)) = &signal.fact else { panic!("not a change") };
+    let Some(Fact::WorkloadChanged(change)) = &signal.fact else {
+        panic!("not a change")
+    };
     assert_eq!(change.verb, "delete");
     assert!(change.containers.is_empty());
 }
@@ -211,9 +283,17 @@ fn distribution_envelope_gives_the_manifest_push_only() {
         "sha256:fea8895f450959fa676bcc1df0611ea93823a735a01205fd8622846041d0c7cf"
     );
     let actor = signal.actor.as_ref().unwrap();
-    assert_eq!((actor.name.as_str(), actor.source_address.as_str()), ("test-actor", "client.local"));
-    let Some(Fact::ImagePushed(push)) = &signal.fact else { panic!("not a push") };
-    assert_eq!(push.media_type, "application/vnd.docker.distribution.manifest.v2+json");
+    assert_eq!(
+        (actor.name.as_str(), actor.source_address.as_str()),
+        ("test-actor", "client.local")
+    );
+    let Some(Fact::ImagePushed(push)) = &signal.fact else {
+        panic!("not a push")
+    };
+    assert_eq!(
+        push.media_type,
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
 }
 
 #[test]
@@ -236,7 +316,10 @@ fn harbor_pushes_carry_operator_and_digest() {
 
     let signal = only("harbor/configure-webhooks.md.push-artifact-v2.0-doc.json");
     let image = signal.image.as_ref().unwrap();
-    assert_eq!(image.reference.split('@').next(), Some("hub.harbor.com/test-webhook/debian:latest"));
+    assert_eq!(
+        image.reference.split('@').next(),
+        Some("hub.harbor.com/test-webhook/debian:latest")
+    );
     assert!(image.digest.starts_with("sha256:8a9e9863"));
     assert_eq!(signal.actor.as_ref().unwrap().name, "admin");
 }

@@ -3,8 +3,6 @@
 //! The key decides which Kafka partition, and so which correlator instance, sees a signal: every
 //! signal about one workload must carry the same key whatever source it came from.
 
-use std::fmt::Write;
-
 use crate::v1::{Image, Platform, Signal, WorkloadKey, WorkloadResolution};
 
 impl WorkloadKey {
@@ -21,33 +19,26 @@ impl WorkloadKey {
         fn part(value: &str) -> &str {
             if value.is_empty() { "_" } else { value }
         }
-        let mut key = String::with_capacity(64);
         if self.resolution == WorkloadResolution::Container as i32 {
             let short = self.name.get(..12).unwrap_or(&self.name);
-            let _ = write!(key, "container/{short}");
-            return key;
+            return format!("container/{short}");
         }
         match Platform::try_from(self.platform).unwrap_or(Platform::Unspecified) {
             Platform::Ecs => {
-                let _ = write!(
-                    key,
+                format!(
                     "ecs/{}/{}/{}",
                     part(&self.account),
                     part(&self.region),
                     part(&self.name)
-                );
+                )
             }
-            Platform::Kubernetes | Platform::Unspecified => {
-                let _ = write!(
-                    key,
-                    "k8s/{}/{}/{}",
-                    part(&self.cluster),
-                    part(&self.namespace),
-                    part(&self.name)
-                );
-            }
+            Platform::Kubernetes | Platform::Unspecified => format!(
+                "k8s/{}/{}/{}",
+                part(&self.cluster),
+                part(&self.namespace),
+                part(&self.name)
+            ),
         }
-        key
     }
 }
 

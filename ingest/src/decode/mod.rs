@@ -35,6 +35,12 @@ use tidemark_proto::v1::{Format, RawPointer, Signal, SourceKind};
 /// Largest record accepted by default, in bytes (after decompression).
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
 
+/// Deepest nesting of objects and arrays accepted. Real records nest a dozen levels (a pod spec
+/// inside an audit event inside an envelope); far deeper input is hostile. serde_json enforces a
+/// limit on what it deserializes into types but skips ignored and raw values iteratively, so the
+/// limit is checked here for the whole record.
+pub const MAX_NESTING_DEPTH: usize = 100;
+
 /// The input format of a raw record, as configured per topic or detected per record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -282,6 +288,12 @@ fn decode_json(
         return Err(DecodeError::new(None, "empty record"));
     };
     let body = &bytes[start..];
+    if nesting_exceeds(body, MAX_NESTING_DEPTH) {
+        return Err(DecodeError::new(
+            None,
+            format!("record nests objects or arrays deeper than {MAX_NESTING_DEPTH} levels"),
+        ));
+    }
     if body[0] == b'[' {
         return decode_array(body, format, ctx);
     }
@@ -354,6 +366,41 @@ fn decode_array(
             .extend(inner.skipped.into_iter().map(|skip| Skip { index, ..skip }));
     }
     Ok(decoded)
+}
+
+/// Returns whether `body` nests objects and arrays deeper than `limit`, ignoring brackets inside
+/// strings. Records with fewer opening brackets than `limit` cannot, and are answered from a
+/// vectorized count alone.
+fn nesting_exceeds(body: &[u8], limit: usize) -> bool {
+    if memchr::memchr2_iter(b'{', b'[', body).count() <= limit {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Tells the format of a JSON object from keys only that format has at its top level.
@@ -477,6 +524,18 @@ mod tests {
         let compressed = encoder.finish().unwrap();
         let error = decode(&compressed, InputFormat::Auto, &ctx()).unwrap_err();
         assert!(error.reason.contains("once decompressed"), "{error}");
+    }
+
+    #[test]
+    fn nesting_counts_brackets_outside_strings_only() {
+        let deep = format!("{}{}", "[".repeat(101), "]".repeat(101));
+        assert!(nesting_exceeds(deep.as_bytes(), 100));
+        let in_string = format!("{{\"a\":\"{}\"}}", "[".repeat(500));
+        assert!(!nesting_exceeds(in_string.as_bytes(), 100));
+        let escaped = format!("{{\"a\":\"\\\"{}\"}}", "{".repeat(500));
+        assert!(!nesting_exceeds(escaped.as_bytes(), 100));
+        let wide = format!("[{}1]", "[1],".repeat(500));
+        assert!(!nesting_exceeds(wide.as_bytes(), 100));
     }
 
     #[test]

@@ -4,8 +4,6 @@
 //! from the runtime, `docker-pullable://...@sha256:...` from some kubelets). Everything a decoder
 //! puts into a signal goes through here, so that the correlator compares like with like.
 
-use std::fmt::Write;
-
 use tidemark_proto::v1::{Image, Platform, WorkloadKey, WorkloadResolution};
 
 /// Registry host that Docker Hub short names resolve to.
@@ -80,12 +78,16 @@ pub(crate) fn build_image(
         repository.insert_str(0, "library/");
     }
     let mut reference = String::with_capacity(registry.len() + repository.len() + 80);
-    let _ = write!(reference, "{registry}/{repository}");
+    reference.push_str(&registry);
+    reference.push('/');
+    reference.push_str(&repository);
     if !tag.is_empty() {
-        let _ = write!(reference, ":{tag}");
+        reference.push(':');
+        reference.push_str(&tag);
     }
     if !digest.is_empty() {
-        let _ = write!(reference, "@{digest}");
+        reference.push('@');
+        reference.push_str(&digest);
     }
     Image {
         reference,
