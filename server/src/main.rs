@@ -117,7 +117,9 @@ async fn shutdown_signal() {
                 Ok(term) => term,
                 Err(error) => {
                     error!(%error, "cannot listen for SIGTERM; only Ctrl-C stops ingest");
-                    let _ = ctrl_c.await;
+                    if let Err(error) = ctrl_c.await {
+                        error!(%error, "cannot listen for Ctrl-C either; stopping now");
+                    }
                     return;
                 }
             };
@@ -128,7 +130,7 @@ async fn shutdown_signal() {
         info!("shutdown requested");
     }
     #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    if let Err(error) = ctrl_c.await {
+        error!(%error, "cannot listen for Ctrl-C; stopping now");
     }
 }

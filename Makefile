@@ -1,0 +1,33 @@
+# tidemark developer commands. `make help` lists them.
+CARGO ?= cargo
+SAMPLES := $(shell find fixtures/samples -name '*.json' | sort)
+
+.PHONY: help deps demo test fmt fmt-check clippy bench doc
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+deps: ## Install the Debian packages the build needs (apt-get, as root or through sudo)
+	scripts/install-deps.sh
+
+demo: deps ## Decode every bundled real sample and print its normalized signals
+	$(CARGO) run --quiet -p tidemark -- normalize $(SAMPLES)
+
+test: deps ## Run every test of the workspace
+	$(CARGO) nextest run --workspace --all-targets --no-fail-fast
+	$(CARGO) test --workspace --doc
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+fmt-check: ## Fail if the code is not formatted
+	$(CARGO) fmt --all -- --check
+
+clippy: deps ## Lint every target, warnings as errors
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: deps ## Run the criterion benchmarks (release build)
+	$(CARGO) bench -p tidemark-ingest --bench decode
+
+doc: ## Build the API documentation
+	$(CARGO) doc --workspace --no-deps
