@@ -4,7 +4,9 @@
 //! One push gives one event for the manifest and one per layer blob; only manifest pushes
 //! (image manifests, OCI manifests, indexes and manifest lists) become [`ImagePushed`] signals.
 //! Pulls, mounts, deletes and layer pushes are skipped. The registry host is the request's
-//! `host`, or the host of the target URL.
+//! `host`, or the host of the target URL. The pusher's address is `request.addr`, which the
+//! registry fills with the client's `ip:port` unless a proxy header names the client; the port
+//! is dropped so that the address compares with the source IPs of other sources.
 
 use serde::Deserialize;
 use tidemark_proto::v1::{
@@ -151,7 +153,8 @@ pub(crate) fn decode(
             kind: "registry".into(),
             source_address: request
                 .as_ref()
-                .and_then(|r| r.addr.clone())
+                .and_then(|r| r.addr.as_deref())
+                .map(source_ip)
                 .unwrap_or_default(),
             user_agent: request.and_then(|r| r.useragent).unwrap_or_default(),
             ..Default::default()
@@ -167,6 +170,15 @@ pub(crate) fn decode(
         decoded.signals.push(signal);
     }
     Ok(())
+}
+
+/// Returns the IP of a socket address (`198.51.100.7:42961`, `[2001:db8::7]:443`); any other
+/// address (a bare IP, a host name) is returned as it is.
+fn source_ip(addr: &str) -> String {
+    match addr.trim().parse::<std::net::SocketAddr>() {
+        Ok(socket) => socket.ip().to_string(),
+        Err(_) => addr.trim().to_owned(),
+    }
 }
 
 /// Returns the `host[:port]` of an `http(s)://host[:port]/path` URL.

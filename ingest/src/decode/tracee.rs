@@ -5,7 +5,7 @@
 //! `metadata.Properties.signatureName`) becomes a [`RuntimeAlert`]. Other events are skipped.
 //! Tracee's `hostName` is the UTS name of the traced process (the pod name inside a pod), not the
 //! node, so it is not used as the node. Both the current nested `container`/`kubernetes` objects
-//! and the older flat `containerImage`/`podName` fields are read.
+//! and the older flat `containerImage`/`containerName`/`podName`/`podNamespace` fields are read.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -39,6 +39,8 @@ struct Event<'a> {
     kubernetes: Option<Kubernetes>,
     #[serde(default, deserialize_with = "json::text")]
     container_image: Option<String>,
+    #[serde(default, deserialize_with = "json::text")]
+    container_name: Option<String>,
     #[serde(default, deserialize_with = "json::text")]
     pod_name: Option<String>,
     #[serde(default, deserialize_with = "json::text")]
@@ -272,7 +274,10 @@ pub(crate) fn decode(
         .map(|image| normalize::with_digest(image, digest));
     signal.container = Some(Container {
         id: container_id.unwrap_or_default(),
-        name: container.and_then(|c| c.name.clone()).unwrap_or_default(),
+        name: container
+            .and_then(|c| c.name.clone())
+            .or(event.container_name.clone())
+            .unwrap_or_default(),
         node: String::new(),
     });
     signal.fact = Some(fact);
