@@ -190,6 +190,10 @@ struct ContainerSpec {
     args: Vec<String>,
     #[serde(default)]
     security_context: Option<SecurityContext>,
+    #[serde(default, deserialize_with = "json::boolean")]
+    stdin: Option<bool>,
+    #[serde(default, deserialize_with = "json::boolean")]
+    tty: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -520,7 +524,7 @@ fn decode_event(
                 kind: "ephemeral".into(),
                 command: command_of(container),
                 container: container.name.clone().unwrap_or_default(),
-                interactive: false,
+                interactive: container.stdin == Some(true) && container.tty == Some(true),
             })
         }
         ("pods", "status") => {
@@ -721,7 +725,7 @@ fn collect_containers(spec: &Spec, change: &mut WorkloadChanged, privileged: &mu
                 image: container.image.clone(),
                 command: container.command.clone(),
                 args: container.args.clone(),
-                security_context: None,
+                ..ContainerSpec::default()
             };
             push_container(&named, "container", change, privileged);
         }
