@@ -15,7 +15,6 @@ demo: deps ## Decode every bundled real sample and print its normalized signals
 
 test: deps ## Run every test of the workspace
 	$(CARGO) nextest run --workspace --all-targets --no-fail-fast
-	$(CARGO) test --workspace --doc
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

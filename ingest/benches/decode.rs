@@ -14,6 +14,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tidemark_ingest::decode::{self, InputFormat, RecordContext};
 use tidemark_proto::v1::RawPointer;
 
+/// The allocator the `tidemark` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn sample(path: &str) -> String {
     let full = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fixtures/samples")

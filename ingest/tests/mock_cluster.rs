@@ -346,7 +346,10 @@ async fn crash_before_commit_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     handle.abort();
-    assert!(handle.await.unwrap_err().is_cancelled(), "the worker was still running");
+    assert!(
+        handle.await.unwrap_err().is_cancelled(),
+        "the worker was still running"
+    );
 
     let worker = IngestWorker::try_new(config(&brokers, group)).unwrap();
     let end = records.len() as i64;

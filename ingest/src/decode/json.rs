@@ -4,6 +4,7 @@
 //! arrive as strings from some exporters, and any field may be `null`. These helpers take what
 //! is there and never fail on a type mismatch of a field tidemark only reads for context.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserializer;
@@ -73,6 +74,72 @@ impl<'de> Visitor<'de> for TextVisitor {
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(None)
+    }
+}
+
+/// Like [`text`], but borrows the string from the record when it has no escapes, for fields that
+/// are only inspected and never end up in a signal as they are.
+pub(crate) fn cow<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'de, str>>, D::Error> {
+    deserializer.deserialize_any(CowVisitor)
+}
+
+struct CowVisitor;
+
+impl<'de> Visitor<'de> for CowVisitor {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        TextVisitor.expecting(f)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v)))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(TextVisitor.visit_i64(v)?.map(Cow::Owned))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(TextVisitor.visit_u64(v)?.map(Cow::Owned))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(TextVisitor.visit_f64(v)?.map(Cow::Owned))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(TextVisitor.visit_bool(v)?.map(Cow::Owned))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(CowVisitor)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Ok(TextVisitor.visit_seq(seq)?.map(Cow::Owned))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Ok(TextVisitor.visit_map(map)?.map(Cow::Owned))
     }
 }
 
@@ -165,6 +232,25 @@ mod tests {
         assert_eq!(probe.value, None);
         let probe: Probe = serde_json::from_str(r#"{"value":null}"#).unwrap();
         assert_eq!(probe.value, None);
+    }
+
+    #[derive(Deserialize)]
+    struct Borrowing<'a> {
+        #[serde(borrow, default, deserialize_with = "super::cow")]
+        value: Option<std::borrow::Cow<'a, str>>,
+    }
+
+    #[test]
+    fn cow_borrows_plain_strings_and_owns_the_rest() {
+        let probe: Borrowing<'_> = serde_json::from_str(r#"{"value":"plain"}"#).unwrap();
+        assert!(matches!(
+            probe.value,
+            Some(std::borrow::Cow::Borrowed("plain"))
+        ));
+        let probe: Borrowing<'_> = serde_json::from_str(r#"{"value":"esc\u0041ped"}"#).unwrap();
+        assert_eq!(probe.value.as_deref(), Some("escAped"));
+        let probe: Borrowing<'_> = serde_json::from_str(r#"{"value":7}"#).unwrap();
+        assert_eq!(probe.value.as_deref(), Some("7"));
     }
 
     #[test]

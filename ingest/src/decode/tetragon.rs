@@ -6,6 +6,8 @@
 //! the legacy `process_connect` become a [`NetworkConnection`]. Exits, tracepoints and other
 //! kprobes are skipped. Tetragon gives no DNS name for a destination address.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use tidemark_proto::v1::{
     Container, Format, Image, NetworkConnection, ProcessExecuted, WorkloadKey, signal::Fact,
@@ -16,33 +18,35 @@ use super::normalize::{self, base_name};
 use super::{DecodeError, Decoded, InputFormat, RecordContext};
 
 #[derive(Deserialize)]
-struct Envelope {
-    #[serde(default)]
-    process_exec: Option<ProcessEvent>,
-    #[serde(default)]
-    process_kprobe: Option<KprobeEvent>,
-    #[serde(default)]
-    process_connect: Option<ConnectEvent>,
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    process_exec: Option<ProcessEvent<'a>>,
+    #[serde(borrow, default)]
+    process_kprobe: Option<KprobeEvent<'a>>,
+    #[serde(borrow, default)]
+    process_connect: Option<ConnectEvent<'a>>,
     #[serde(default, deserialize_with = "json::text")]
     node_name: Option<String>,
-    #[serde(default, deserialize_with = "json::text")]
-    cluster_name: Option<String>,
-    #[serde(default, deserialize_with = "json::text")]
-    time: Option<String>,
+    #[serde(borrow, default, deserialize_with = "json::cow")]
+    cluster_name: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "json::cow")]
+    time: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct ProcessEvent {
-    process: Process,
+struct ProcessEvent<'a> {
+    #[serde(borrow)]
+    process: Process<'a>,
     #[serde(default)]
-    parent: Option<Process>,
+    parent: Option<Parent>,
 }
 
 #[derive(Deserialize)]
-struct KprobeEvent {
-    process: Process,
+struct KprobeEvent<'a> {
+    #[serde(borrow)]
+    process: Process<'a>,
     #[serde(default)]
-    parent: Option<Process>,
+    parent: Option<Parent>,
     #[serde(default, deserialize_with = "json::text")]
     function_name: Option<String>,
     #[serde(default)]
@@ -70,10 +74,11 @@ struct SockArg {
 }
 
 #[derive(Deserialize)]
-struct ConnectEvent {
-    process: Process,
+struct ConnectEvent<'a> {
+    #[serde(borrow)]
+    process: Process<'a>,
     #[serde(default)]
-    parent: Option<Process>,
+    parent: Option<Parent>,
     #[serde(default, deserialize_with = "json::text")]
     source_ip: Option<String>,
     #[serde(default, deserialize_with = "json::integer")]
@@ -87,7 +92,7 @@ struct ConnectEvent {
 }
 
 #[derive(Deserialize)]
-struct Process {
+struct Process<'a> {
     #[serde(default, deserialize_with = "json::text")]
     exec_id: Option<String>,
     #[serde(default, deserialize_with = "json::integer")]
@@ -100,44 +105,53 @@ struct Process {
     binary: Option<String>,
     #[serde(default, deserialize_with = "json::text")]
     arguments: Option<String>,
+    #[serde(borrow, default, deserialize_with = "json::cow")]
+    start_time: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pod: Option<Pod<'a>>,
+    #[serde(borrow, default, deserialize_with = "json::cow")]
+    docker: Option<Cow<'a, str>>,
+}
+
+/// The parent process: only what names it is read; its pod repeats the child's.
+#[derive(Deserialize)]
+struct Parent {
     #[serde(default, deserialize_with = "json::text")]
-    start_time: Option<String>,
-    #[serde(default)]
-    pod: Option<Pod>,
+    binary: Option<String>,
     #[serde(default, deserialize_with = "json::text")]
-    docker: Option<String>,
+    arguments: Option<String>,
 }
 
 #[derive(Deserialize)]
-struct Pod {
-    #[serde(default, deserialize_with = "json::text")]
-    namespace: Option<String>,
-    #[serde(default, deserialize_with = "json::text")]
-    name: Option<String>,
-    #[serde(default)]
-    container: Option<PodContainer>,
-    #[serde(default, deserialize_with = "json::text")]
-    workload: Option<String>,
-    #[serde(default, deserialize_with = "json::text")]
-    workload_kind: Option<String>,
+struct Pod<'a> {
+    #[serde(borrow, default, deserialize_with = "json::cow")]
+    namespace: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "json::cow")]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    container: Option<PodContainer<'a>>,
+    #[serde(borrow, default, deserialize_with = "json::cow")]
+    workload: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "json::cow")]
+    workload_kind: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct PodContainer {
-    #[serde(default, deserialize_with = "json::text")]
-    id: Option<String>,
+struct PodContainer<'a> {
+    #[serde(borrow, default, deserialize_with = "json::cow")]
+    id: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "json::text")]
     name: Option<String>,
-    #[serde(default)]
-    image: Option<ContainerImage>,
+    #[serde(borrow, default)]
+    image: Option<ContainerImage<'a>>,
 }
 
 #[derive(Deserialize)]
-struct ContainerImage {
-    #[serde(default, deserialize_with = "json::text")]
-    id: Option<String>,
-    #[serde(default, deserialize_with = "json::text")]
-    name: Option<String>,
+struct ContainerImage<'a> {
+    #[serde(borrow, default, deserialize_with = "json::cow")]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "json::cow")]
+    name: Option<Cow<'a, str>>,
 }
 
 pub(crate) fn decode(
@@ -145,13 +159,14 @@ pub(crate) fn decode(
     ctx: &RecordContext,
     decoded: &mut Decoded,
 ) -> Result<(), DecodeError> {
-    let envelope: Envelope =
+    let envelope: Envelope<'_> =
         serde_json::from_slice(body).map_err(|e| DecodeError::json(InputFormat::Tetragon, &e))?;
     let node = envelope.node_name.unwrap_or_default();
     let cluster = envelope
         .cluster_name
+        .as_deref()
         .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| ctx.cluster.clone());
+        .unwrap_or(&ctx.cluster);
     let time = envelope.time.as_deref().and_then(normalize::parse_rfc3339);
 
     let (process, parent, fact_kind, connection) = if let Some(exec) = envelope.process_exec {
@@ -218,7 +233,7 @@ pub(crate) fn decode(
         .and_then(|c| c.id.as_deref())
         .and_then(normalize::container_id)
         .or_else(|| process.docker.as_deref().and_then(normalize::container_id));
-    signal.workload = workload(&cluster, pod, container_id.as_deref());
+    signal.workload = workload(cluster, pod, container_id.as_deref());
     signal.image = container.and_then(|c| c.image.as_ref()).and_then(image);
     signal.container = Some(Container {
         id: container_id.unwrap_or_default(),
@@ -240,26 +255,29 @@ pub(crate) fn decode(
     Ok(())
 }
 
-fn workload(cluster: &str, pod: Option<&Pod>, container_id: Option<&str>) -> Option<WorkloadKey> {
-    let named = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+fn workload(
+    cluster: &str,
+    pod: Option<&Pod<'_>>,
+    container_id: Option<&str>,
+) -> Option<WorkloadKey> {
+    fn named<'v>(value: &'v Option<Cow<'_, str>>) -> Option<&'v str> {
+        value.as_deref().filter(|v| !v.is_empty())
+    }
     if let Some(pod) = pod {
         if let (Some(namespace), Some(name)) = (named(&pod.namespace), named(&pod.name)) {
             let owner = match (named(&pod.workload_kind), named(&pod.workload)) {
                 (Some(kind), Some(workload)) if kind != "Pod" => Some((kind, workload)),
                 _ => None,
             };
-            let owner = owner
-                .as_ref()
-                .map(|(kind, name)| (kind.as_str(), name.as_str()));
             return Some(normalize::kubernetes_pod_workload(
-                cluster, &namespace, &name, owner,
+                cluster, namespace, name, owner,
             ));
         }
     }
     container_id.map(|id| normalize::container_workload(cluster, id))
 }
 
-fn image(image: &ContainerImage) -> Option<Image> {
+fn image(image: &ContainerImage<'_>) -> Option<Image> {
     let digest = image.id.as_deref().and_then(normalize::digest_of_reference);
     let parsed = image.name.as_deref().and_then(normalize::parse_image);
     match parsed {
@@ -268,7 +286,7 @@ fn image(image: &ContainerImage) -> Option<Image> {
     }
 }
 
-fn to_process(process: Process, parent: Option<Process>) -> ProcessExecuted {
+fn to_process(process: Process<'_>, parent: Option<Parent>) -> ProcessExecuted {
     let binary = process.binary.unwrap_or_default();
     let arguments = process.arguments.unwrap_or_default();
     let command_line = join_command(&binary, &arguments);
