@@ -423,6 +423,18 @@ mod tests {
     }
 
     #[test]
+    fn helm_chart_default_configuration_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/tidemark/values.yaml");
+        let values: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let config: IngestConfig =
+            serde_yaml::from_value(values["ingest"]["config"].clone()).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.limits, LimitsConfig::default());
+        assert_eq!(config.topics.signals, default_signals_topic());
+    }
+
+    #[test]
     fn missing_file_names_the_path() {
         let error = IngestConfig::load(Some(Path::new("/nonexistent/tidemark.yaml")), env(&[]))
             .unwrap_err();
