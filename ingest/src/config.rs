@@ -101,6 +101,11 @@ pub struct LimitsConfig {
     /// dead-letter topic's `max.message.bytes`. Default: 900 KiB.
     #[serde(default = "default_max_dead_letter_bytes")]
     pub max_dead_letter_bytes: usize,
+    /// Largest normalized signal produced, in bytes; a record that yields a larger one goes to
+    /// the dead letters instead. Keep it under the output topics' `max.message.bytes` (1 MB by
+    /// default on Kafka). Default: 900 KiB.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: usize,
     /// Seconds between progress log lines. Default: 30.
     #[serde(default = "default_stats_interval_secs")]
     pub stats_interval_secs: u64,
@@ -130,6 +135,9 @@ fn default_dead_letters_topic() -> String {
 }
 fn default_max_record_bytes() -> usize {
     DEFAULT_MAX_RECORD_BYTES
+}
+fn default_max_output_bytes() -> usize {
+    900 * 1024
 }
 fn default_max_dead_letter_bytes() -> usize {
     900 * 1024
@@ -168,6 +176,7 @@ impl Default for LimitsConfig {
             max_record_bytes: default_max_record_bytes(),
             max_in_flight_records: default_max_in_flight(),
             max_dead_letter_bytes: default_max_dead_letter_bytes(),
+            max_output_bytes: default_max_output_bytes(),
             stats_interval_secs: default_stats_interval_secs(),
         }
     }
@@ -251,6 +260,9 @@ impl IngestConfig {
         }
         if self.limits.max_in_flight_records == 0 {
             return invalid("`limits.max_in_flight_records` must be at least 1".into());
+        }
+        if !(4096..=64 * 1024 * 1024).contains(&self.limits.max_output_bytes) {
+            return invalid("`limits.max_output_bytes` must be between 4096 and 67108864".into());
         }
         if !(4096..=64 * 1024 * 1024).contains(&self.limits.max_dead_letter_bytes) {
             return invalid(

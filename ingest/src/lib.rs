@@ -15,6 +15,8 @@
 //! are stored only once everything produced from a record is acknowledged; a hostile record
 //! never stops a worker. Ingest knows nothing of the correlator.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod decode;
 pub mod error;

@@ -146,7 +146,18 @@ impl IngestWorker {
                 operation: "consumer creation",
                 source,
             })?;
-        let producer: FutureProducer = common
+        let mut producer_config = common;
+        // Bound the producer's local queue (bytes and records) so memory stays bounded when the
+        // brokers slow down; `send` waits while it is full. `kafka.properties` may change both.
+        for (key, value) in [
+            ("queue.buffering.max.kbytes", "131072"),
+            ("queue.buffering.max.messages", "100000"),
+        ] {
+            if !config.kafka.properties.contains_key(key) {
+                producer_config.set(key, value);
+            }
+        }
+        let producer: FutureProducer = producer_config
             .set("enable.idempotence", "true")
             .set("compression.type", "zstd")
             .set("linger.ms", "5")
@@ -330,7 +341,8 @@ async fn process(
     ctx.fallback_time_unix_nano = message
         .timestamp()
         .to_millis()
-        .map_or(now, |ms| ms * 1_000_000);
+        .and_then(|ms| ms.checked_mul(1_000_000))
+        .unwrap_or(now);
     ctx.max_record_bytes = config.limits.max_record_bytes;
     if let Some(raw_topic) = raw_topic {
         ctx.cluster.clone_from(&raw_topic.cluster);
@@ -343,7 +355,23 @@ async fn process(
         Ok(decoded) => {
             IngestStats::add(&stats.num_skipped, decoded.skipped.len());
             let mut refused = None;
+            let mut outputs = Vec::with_capacity(decoded.signals.len());
             for signal in decoded.signals {
+                let encoded = signal.encode_to_vec();
+                if encoded.len() > config.limits.max_output_bytes {
+                    refused = Some(format!(
+                        "normalized signal of {} bytes exceeds limits.max_output_bytes ({})",
+                        encoded.len(),
+                        config.limits.max_output_bytes
+                    ));
+                    break;
+                }
+                outputs.push((signal, encoded));
+            }
+            if refused.is_some() {
+                outputs.clear();
+            }
+            for (signal, encoded) in outputs {
                 let is_image_fact = matches!(signal.fact, Some(Fact::ImagePushed(_)));
                 let (output, key) = if is_image_fact {
                     let key = signal
@@ -359,12 +387,22 @@ async fn process(
                     key: HEADER_SCHEMA,
                     value: Some(SIGNAL_SCHEMA),
                 });
-                let encoded = signal.encode_to_vec();
                 match send(producer, output, Some(key.as_bytes()), &encoded, headers).await {
                     Ok(delivery) => deliveries.push((output.clone(), delivery)),
-                    Err(error) => {
-                        refused = Some(format!("signal could not be produced: {error}"));
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+                        // Signals enqueued before this one stay; consumers de-duplicate on the
+                        // signal's raw pointer, and the record itself goes to the dead letters.
+                        refused = Some(format!(
+                            "normalized signal of {} bytes is larger than the producer accepts",
+                            encoded.len()
+                        ));
                         break;
+                    }
+                    Err(source) => {
+                        return Err(Error::Kafka {
+                            operation: "signal enqueue",
+                            source,
+                        });
                     }
                 }
                 let counter = if is_image_fact {
@@ -484,9 +522,14 @@ async fn send(
     }
 }
 
-/// Largest record the producer accepts: room for a signal made from the largest raw record.
+/// Largest record the producer accepts: the largest signal or dead letter, plus room for the
+/// key, headers and protocol framing.
 fn producer_max_bytes(config: &IngestConfig) -> usize {
-    (config.limits.max_record_bytes * 2 + 65_536).max(config.limits.max_dead_letter_bytes + 65_536)
+    config
+        .limits
+        .max_output_bytes
+        .max(config.limits.max_dead_letter_bytes)
+        + 65_536
 }
 
 fn now_unix_nano() -> i64 {

@@ -1446,8 +1446,13 @@ fn cloudtrail_execute_command_is_ecs_exec_access_on_the_task() {
         (key.account.as_str(), key.region.as_str()),
         ("111122223333", "eu-west-1")
     );
-    assert_eq!(key.name, "", "ECS Exec names the task, not its family");
-    assert_eq!(signal.partition_key(), "ecs/111122223333/eu-west-1/_");
+    // ECS Exec names the task, not its family: the task id keys it, so that sessions into
+    // different tasks never share one workload.
+    assert_eq!(key.name, "0f1e2d3c4b5a49788796a5b4c3d2e1f0");
+    assert_eq!(
+        signal.partition_key(),
+        "ecs/111122223333/eu-west-1/0f1e2d3c4b5a49788796a5b4c3d2e1f0"
+    );
     assert_eq!(
         signal.actor.as_ref().unwrap().name,
         "arn:aws:iam::111122223333:user/ops-carol"

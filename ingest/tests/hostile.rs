@@ -207,10 +207,10 @@ fn random_mutations_of_samples_never_panic() {
                 }
             }
             for piece in input::split(&mutated) {
-                if let Piece::Record { bytes, .. } = piece {
-                    if let Err(error) = decode::decode(bytes, InputFormat::Auto, &ctx()) {
-                        assert!(!error.reason.is_empty());
-                    }
+                if let Piece::Record { bytes, .. } = piece
+                    && let Err(error) = decode::decode(bytes, InputFormat::Auto, &ctx())
+                {
+                    assert!(!error.reason.is_empty());
                 }
             }
         }

@@ -225,19 +225,19 @@ pub(crate) fn decode(
     ctx: &RecordContext,
     decoded: &mut Decoded,
 ) -> Result<(), DecodeError> {
-    if memchr::memmem::find(body, b"\"Records\"").is_some() {
-        if let Ok(batch) = serde_json::from_slice::<Batch<'_>>(body) {
-            for (index, record) in batch.records.iter().enumerate() {
-                let index = u32::try_from(index).unwrap_or(u32::MAX);
-                decode_record(record.get().as_bytes(), index, None, ctx, decoded).map_err(|e| {
-                    DecodeError {
-                        reason: format!("Records[{index}]: {}", e.reason),
-                        ..e
-                    }
-                })?;
-            }
-            return Ok(());
+    if memchr::memmem::find(body, b"\"Records\"").is_some()
+        && let Ok(batch) = serde_json::from_slice::<Batch<'_>>(body)
+    {
+        for (index, record) in batch.records.iter().enumerate() {
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            decode_record(record.get().as_bytes(), index, None, ctx, decoded).map_err(|e| {
+                DecodeError {
+                    reason: format!("Records[{index}]: {}", e.reason),
+                    ..e
+                }
+            })?;
         }
+        return Ok(());
     }
     decode_record(body, 0, None, ctx, decoded)
 }
@@ -425,8 +425,12 @@ pub(crate) fn decode_record(
                 .clone()
                 .or(response.task_arn)
                 .unwrap_or_default();
+            // The record names the task, not its family: key the task by its id so that
+            // sessions into different tasks never share one `_` workload.
+            let task_id = task.rsplit('/').next().unwrap_or(&task).to_owned();
             signal.workload = Some(WorkloadKey {
                 kind: "Task".into(),
+                name: task_id,
                 instance: task.clone(),
                 resolution: WorkloadResolution::Instance as i32,
                 ..ecs_key(params.cluster.as_deref(), "", None)
@@ -485,10 +489,10 @@ pub(crate) fn decode_record(
             })
         }
     };
-    if signal.image.is_none() {
-        if let Fact::WorkloadChanged(change) = &fact {
-            signal.image = change.containers.first().and_then(|c| c.image.clone());
-        }
+    if signal.image.is_none()
+        && let Fact::WorkloadChanged(change) = &fact
+    {
+        signal.image = change.containers.first().and_then(|c| c.image.clone());
     }
     signal.fact = Some(fact);
     decoded.signals.push(signal);

@@ -369,15 +369,15 @@ pub(crate) fn decode_aks(
 ) -> Result<(), DecodeError> {
     let format = InputFormat::AksDiagnostic;
     let mut seen = HashSet::new();
-    if memchr::memmem::find(body, b"\"records\"").is_some() {
-        if let Ok(batch) = serde_json::from_slice::<AksBatch<'_>>(body) {
-            for (index, record) in batch.records.iter().enumerate() {
-                let index = index_u32(index);
-                decode_aks_record(record.get().as_bytes(), index, ctx, decoded, &mut seen)
-                    .map_err(|e| in_envelope("records", index, e))?;
-            }
-            return Ok(());
+    if memchr::memmem::find(body, b"\"records\"").is_some()
+        && let Ok(batch) = serde_json::from_slice::<AksBatch<'_>>(body)
+    {
+        for (index, record) in batch.records.iter().enumerate() {
+            let index = index_u32(index);
+            decode_aks_record(record.get().as_bytes(), index, ctx, decoded, &mut seen)
+                .map_err(|e| in_envelope("records", index, e))?;
         }
+        return Ok(());
     }
     decode_aks_record(body, 0, ctx, decoded, &mut seen).map_err(|e| DecodeError {
         format: Some(format),
@@ -787,15 +787,16 @@ fn json_patch_images(raw: &RawValue) -> Result<Vec<ContainerImage>, DecodeError>
                 role: "container".into(),
                 ..Default::default()
             });
-        } else if path.contains("ontainers/") && value.get().starts_with('{') {
-            if let Ok(container) = serde_json::from_str::<ContainerSpec>(value.get()) {
-                containers.push(ContainerImage {
-                    name: container.name.clone().unwrap_or_default(),
-                    image: container.image.as_deref().and_then(normalize::parse_image),
-                    role: "container".into(),
-                    command: command_of(&container),
-                });
-            }
+        } else if path.contains("ontainers/")
+            && value.get().starts_with('{')
+            && let Ok(container) = serde_json::from_str::<ContainerSpec>(value.get())
+        {
+            containers.push(ContainerImage {
+                name: container.name.clone().unwrap_or_default(),
+                image: container.image.as_deref().and_then(normalize::parse_image),
+                role: "container".into(),
+                command: command_of(&container),
+            });
         }
     }
     Ok(containers)

@@ -33,6 +33,14 @@ pub(crate) fn parse_image(raw: &str) -> Option<Image> {
     if rest.is_empty() || rest.len() > 1024 || rest.contains(char::is_whitespace) {
         return None;
     }
+    // A bare digest names content, not a repository: keep the digest alone.
+    if let Some(digest) = normalize_digest(rest) {
+        return Some(Image {
+            reference: digest.clone(),
+            digest,
+            ..Image::default()
+        });
+    }
     let (name_and_tag, digest) = match rest.split_once('@') {
         Some((name, digest)) => (name, normalize_digest(digest)),
         None => (rest, None),
@@ -101,10 +109,10 @@ pub(crate) fn build_image(
 /// Splits `host[:port]/path` into registry and repository, following the Docker rule: the first
 /// component is a registry only if it has a `.` or a `:`, or is `localhost`.
 fn split_registry(name: &str) -> (String, String) {
-    if let Some((first, rest)) = name.split_once('/') {
-        if first.contains('.') || first.contains(':') || first == "localhost" {
-            return (first.to_owned(), rest.to_owned());
-        }
+    if let Some((first, rest)) = name.split_once('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost")
+    {
+        return (first.to_owned(), rest.to_owned());
     }
     (DOCKER_HUB.to_owned(), name.to_owned())
 }
@@ -127,10 +135,10 @@ pub(crate) fn normalize_digest(raw: &str) -> Option<String> {
 
 /// Returns the digest part of `repo@sha256:...` (Tetragon `image.id`, kubelet `imageID`).
 pub(crate) fn digest_of_reference(raw: &str) -> Option<String> {
-    match raw.rsplit_once('@') {
-        Some((_, digest)) => normalize_digest(digest),
-        None => normalize_digest(raw),
-    }
+    // A bare `sha256:...` (the image id some runtimes report) is the digest of the image's
+    // configuration, not of the manifest a registry push names: it is not a repository digest.
+    let (_, digest) = raw.rsplit_once('@')?;
+    normalize_digest(digest)
 }
 
 /// Normalizes a container id: strips the runtime prefix and lower-cases it. Returns `None` when
@@ -164,18 +172,26 @@ fn is_generated_suffix(s: &str, min: usize, max: usize) -> bool {
 ///
 /// `web-7c9d9f6b8-x2l4p` (ReplicaSet hash, then a 5-character suffix) belongs to Deployment `web`.
 /// A name with only the 5-character suffix (`node-exporter-x2l4p`) belongs to a DaemonSet, Job or
-/// bare ReplicaSet; the kind is left empty. Anything else is taken to be the pod itself.
+/// bare ReplicaSet; the kind is left empty, except that a Job named by a CronJob
+/// (`backup-29012345-x2l4p`, the schedule time in minutes) belongs to CronJob `backup`. Anything
+/// else, StatefulSet pods (`db-0`) included, is taken to be the pod itself.
 pub(crate) fn owner_from_pod_name(pod: &str) -> (String, &'static str, WorkloadResolution) {
-    if let Some((head, suffix)) = pod.rsplit_once('-') {
-        if is_generated_suffix(suffix, 5, 5) {
-            if let Some((base, hash)) = head.rsplit_once('-') {
-                if is_generated_suffix(hash, 6, 10) && !base.is_empty() {
-                    return (base.to_owned(), "Deployment", WorkloadResolution::PodName);
-                }
+    if let Some((head, suffix)) = pod.rsplit_once('-')
+        && is_generated_suffix(suffix, 5, 5)
+    {
+        if let Some((base, hash)) = head.rsplit_once('-') {
+            if is_generated_suffix(hash, 6, 10) && !base.is_empty() {
+                return (base.to_owned(), "Deployment", WorkloadResolution::PodName);
             }
-            if !head.is_empty() {
-                return (head.to_owned(), "", WorkloadResolution::PodName);
+            if (8..=10).contains(&hash.len())
+                && hash.bytes().all(|b| b.is_ascii_digit())
+                && !base.is_empty()
+            {
+                return (base.to_owned(), "CronJob", WorkloadResolution::PodName);
             }
+        }
+        if !head.is_empty() {
+            return (head.to_owned(), "", WorkloadResolution::PodName);
         }
     }
     (pod.to_owned(), "Pod", WorkloadResolution::Instance)
@@ -353,6 +369,25 @@ mod tests {
     }
 
     #[test]
+    fn bare_digest_is_an_image_pinned_by_digest_alone() {
+        let hex = "ff3aa5862fd17f8695984609743f4523188984adbcd25cf5ac4224b71084558c";
+        let image = parse_image(&format!("sha256:{hex}")).expect("a bare digest parses");
+        assert_eq!(image.digest, format!("sha256:{hex}"));
+        assert_eq!(image.repository, "");
+        assert_eq!(image.tag, "");
+    }
+
+    #[test]
+    fn only_repository_digests_count_as_image_digests() {
+        let hex = "ff3aa5862fd17f8695984609743f4523188984adbcd25cf5ac4224b71084558c";
+        assert_eq!(
+            digest_of_reference(&format!("docker-pullable://quay.io/app@sha256:{hex}")),
+            Some(format!("sha256:{hex}"))
+        );
+        assert_eq!(digest_of_reference(&format!("sha256:{hex}")), None);
+    }
+
+    #[test]
     fn short_names_expand_to_docker_hub_library() {
         assert_eq!(reference("nginx"), "docker.io/library/nginx:latest");
         assert_eq!(reference("nginx:1.25"), "docker.io/library/nginx:1.25");
@@ -436,6 +471,10 @@ mod tests {
         assert_eq!(
             owner_from_pod_name("node-exporter-x2l4p"),
             ("node-exporter".to_owned(), "", WorkloadResolution::PodName)
+        );
+        assert_eq!(
+            owner_from_pod_name("backup-29012345-x2l4p"),
+            ("backup".to_owned(), "CronJob", WorkloadResolution::PodName)
         );
         assert_eq!(
             owner_from_pod_name("kubecon"),

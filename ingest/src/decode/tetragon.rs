@@ -263,16 +263,16 @@ fn workload(
     fn named<'v>(value: &'v Option<Cow<'_, str>>) -> Option<&'v str> {
         value.as_deref().filter(|v| !v.is_empty())
     }
-    if let Some(pod) = pod {
-        if let (Some(namespace), Some(name)) = (named(&pod.namespace), named(&pod.name)) {
-            let owner = match (named(&pod.workload_kind), named(&pod.workload)) {
-                (Some(kind), Some(workload)) if kind != "Pod" => Some((kind, workload)),
-                _ => None,
-            };
-            return Some(normalize::kubernetes_pod_workload(
-                cluster, namespace, name, owner,
-            ));
-        }
+    if let Some(pod) = pod
+        && let (Some(namespace), Some(name)) = (named(&pod.namespace), named(&pod.name))
+    {
+        let owner = match (named(&pod.workload_kind), named(&pod.workload)) {
+            (Some(kind), Some(workload)) if kind != "Pod" => Some((kind, workload)),
+            _ => None,
+        };
+        return Some(normalize::kubernetes_pod_workload(
+            cluster, namespace, name, owner,
+        ));
     }
     container_id.map(|id| normalize::container_workload(cluster, id))
 }
