@@ -2,7 +2,9 @@
 # Installs the Debian packages tidemark's build needs, if any is missing:
 # - cmake, make, pkg-config and the headers of OpenSSL, SASL, zstd, zlib and libcurl for
 #   librdkafka, which the rdkafka crate builds from source;
-# - protobuf-compiler (protoc) for the protobuf code generation of tidemark-proto.
+# - protobuf-compiler (protoc) for the protobuf code generation of tidemark-proto;
+# - g++ and libclang-dev for RocksDB, which the rocksdb crate builds from source and binds with
+#   bindgen.
 # Runs apt-get as root, or through sudo when not root. Does nothing when all are present.
 set -euo pipefail
 
@@ -10,6 +12,7 @@ packages=(
   cmake make pkg-config
   libssl-dev libsasl2-dev libzstd-dev zlib1g-dev libcurl4-openssl-dev
   protobuf-compiler
+  g++ libclang-dev
 )
 
 missing=()

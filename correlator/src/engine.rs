@@ -1,0 +1,988 @@
+//! The correlation engine: joins one workload's evidence over event time into one incident.
+//!
+//! [`Engine::apply`] takes a batch of signals with their source positions and writes, in one
+//! atomic [`StateBatch`], everything the batch changed (evidence, workload summaries, the image
+//! table, incidents) together with the next offset of every partition it consumed. Signals at
+//! positions below a partition's stored offset were already applied and are skipped, so a
+//! redelivered batch after a crash changes nothing: the same input gives the same incidents and
+//! no duplicate versions.
+//!
+//! Event time rules: each partition keeps a watermark, the newest event time it has seen.
+//! Evidence within `allowed_lateness` of the watermark amends incidents whatever order it
+//! arrives in; older evidence is returned as late (counted, for the late topic), never dropped
+//! silently. Registry pushes are table facts, never late: the image table judges every push
+//! against the one before it in time, whatever order they arrive in. An event time more than
+//! `max_future_skew` ahead of the wall clock is bad input. A workload idle for longer than
+//! `correlation_window + allowed_lateness` behind the watermark starts a new chain, and its old
+//! evidence is deleted.
+//!
+//! An incident opens when strong execution or impact evidence appears, when an unapproved image
+//! is deployed (a lower-severity precursor), or when weak evidence of three stages including
+//! execution or impact agrees. Its id is derived from the workload and chain, its version is the
+//! number of evidence items in the chain, so both are the same whatever the delivery order.
+//! Rollouts and registry pushes are linked when the incident is rebuilt, from the image table,
+//! so a push that arrives after the rollout that picked it up still joins the chain.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use tidemark_proto::v1::signal::Fact;
+use tidemark_proto::v1::{Format, Platform, Signal, WorkloadResolution};
+
+use crate::model::{
+    Evidence, EvidenceContext, Incident, RawRef, Severity, Status, WorkloadRef, format_rfc3339,
+    format_time_of_day,
+};
+use crate::policy::Policy;
+use crate::stage::{Finding, Stage, Strength, classify, technique};
+use crate::state::{Entries, Family, StateBatch, StateError, StateStore};
+
+/// Most evidence items kept per chain; more are counted as omitted (a new stage is always kept).
+pub const MAX_EVIDENCE_PER_CHAIN: u64 = 256;
+
+/// Most rollouts remembered per chain (the latest by event time).
+pub const MAX_ROLLOUTS_PER_WORKLOAD: usize = 32;
+
+/// Most image references remembered per workload.
+pub const MAX_IMAGES_PER_WORKLOAD: usize = 16;
+
+/// Most workloads remembered as users of one image tag.
+pub const MAX_USERS_PER_IMAGE: usize = 64;
+
+/// Where a signal was read from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// Topic (or file).
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset (or sequence number).
+    pub offset: i64,
+}
+
+/// A signal that could not be applied in time order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Where it was read from.
+    pub position: Position,
+    /// The signal.
+    pub signal: Signal,
+    /// Why: `late` (older than the watermark minus the allowed lateness) or `future`.
+    pub reason: &'static str,
+}
+
+/// What one batch changed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outcome {
+    /// Incidents opened or amended, one entry per new version, in the order the versions arose.
+    pub incidents: Vec<Incident>,
+    /// Signals older than the watermark allows; the caller routes them to the late topic.
+    pub late: Vec<Rejected>,
+    /// Signals with event times too far in the future: bad input.
+    pub future: Vec<Rejected>,
+    /// Signals applied.
+    pub num_applied: u64,
+    /// Signals skipped because an earlier run already applied them.
+    pub num_already_applied: u64,
+}
+
+/// Per-partition progress, stored with the state it produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Progress {
+    next_offset: i64,
+    watermark_unix_nano: i64,
+    num_late: u64,
+    num_future: u64,
+}
+
+/// What the engine remembers about one workload between signals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct WorkloadSummary {
+    workload: WorkloadRef,
+    generation: u32,
+    first_unix_nano: i64,
+    last_unix_nano: i64,
+    num_evidence: u64,
+    num_omitted: u64,
+    stages: BTreeSet<String>,
+    /// Image references (tag form) the workload was seen deployed or running with, for
+    /// rollouts that name none. Bounded by [`MAX_IMAGES_PER_WORKLOAD`].
+    images: BTreeSet<String>,
+    /// Rollouts (pod restarts) of the chain, the latest [`MAX_ROLLOUTS_PER_WORKLOAD`] by time.
+    rollouts: Vec<Rollout>,
+    incident_id: Option<String>,
+}
+
+/// A rollout remembered so that a suspicious push of one of its images joins the chain whatever
+/// order the push and the rollout arrive in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Rollout {
+    time_unix_nano: i64,
+    actor: String,
+    identity: String,
+    format: String,
+    source_event: String,
+    raw: RawRef,
+    /// Images the rollout named; empty for a restart, which runs the workload's images.
+    images: Vec<String>,
+}
+
+/// One registry push remembered in the image table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Push {
+    digest: String,
+    time_unix_nano: i64,
+    pusher: String,
+    /// The role an assumed-role session pushed for, when the source says.
+    #[serde(default)]
+    pusher_on_behalf_of: String,
+    /// Where the push came from, when the registry says.
+    #[serde(default)]
+    source_address: String,
+    raw: RawRef,
+    /// Set when this push replaced the tag's earlier digest.
+    finding: Option<PushFinding>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PushFinding {
+    strong: bool,
+    reason: String,
+}
+
+/// The engine over a state store.
+pub struct Engine<S> {
+    policy: Policy,
+    store: S,
+}
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The state store failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Stored state could not be read back.
+    #[error("stored {what} is corrupted")]
+    Corrupted {
+        /// Which record.
+        what: &'static str,
+        /// The decoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A write batch with reads that see its own pending writes.
+struct Overlay<'a, S> {
+    store: &'a S,
+    batch: StateBatch,
+}
+
+impl<S: StateStore> Overlay<'_, S> {
+    fn get<T: for<'de> Deserialize<'de>>(
+        &self,
+        family: Family,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<Option<T>, EngineError> {
+        let bytes = match self.batch.pending(family, key) {
+            Some(pending) => pending.map(<[u8]>::to_vec),
+            None => self.store.get(family, key)?,
+        };
+        bytes
+            .map(|b| {
+                serde_json::from_slice(&b).map_err(|source| EngineError::Corrupted { what, source })
+            })
+            .transpose()
+    }
+
+    fn put<T: Serialize>(&mut self, family: Family, key: Vec<u8>, value: &T) {
+        let bytes = serde_json::to_vec(value).expect("state types serialize to JSON");
+        self.batch.put(family, key, bytes);
+    }
+
+    fn scan(&self, family: Family, prefix: &[u8]) -> Result<Entries, EngineError> {
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
+            .store
+            .scan_prefix(family, prefix)?
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        for (key, value) in self.batch.pending_prefix(family, prefix) {
+            merged.insert(key.to_vec(), value.map(<[u8]>::to_vec));
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
+    }
+}
+
+impl<S: StateStore> Engine<S> {
+    /// Creates an engine over `store`, judging signals with `policy`.
+    pub fn new(policy: Policy, store: S) -> Self {
+        Engine { policy, store }
+    }
+
+    /// Returns the policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Returns the next offset to consume from a partition, if any batch from it was applied.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`EngineError`] when the store fails or holds corrupted progress.
+    pub fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, EngineError> {
+        let key = progress_key(topic, partition);
+        let overlay = Overlay {
+            store: &self.store,
+            batch: StateBatch::default(),
+        };
+        Ok(overlay
+            .get::<Progress>(Family::Progress, &key, "progress")?
+            .map(|p| p.next_offset))
+    }
+
+    /// Returns every incident, ordered by id.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`EngineError`] when the store fails or holds a corrupted incident.
+    pub fn incidents(&self) -> Result<Vec<Incident>, EngineError> {
+        self.store
+            .scan_prefix(Family::Incidents, b"")?
+            .into_iter()
+            .map(|(_, v)| {
+                serde_json::from_slice(&v).map_err(|source| EngineError::Corrupted {
+                    what: "incident",
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    /// Applies a batch of signals read at `positions` (in read order) and stores the state it
+    /// produced with the consumed offsets, atomically.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`EngineError`] when the store fails; then nothing of the batch is stored and the
+    /// same batch may be applied again.
+    pub fn apply(
+        &self,
+        inputs: &[(Position, Signal)],
+        now_unix_nano: i64,
+    ) -> Result<Outcome, EngineError> {
+        let mut overlay = Overlay {
+            store: &self.store,
+            batch: StateBatch::default(),
+        };
+        let mut outcome = Outcome::default();
+        let mut progress: BTreeMap<(String, i32), Progress> = BTreeMap::new();
+        let max_future = i64::try_from(self.policy.max_future_skew.as_nanos()).unwrap_or(i64::MAX);
+        let lateness = i64::try_from(self.policy.allowed_lateness.as_nanos()).unwrap_or(i64::MAX);
+
+        for (position, signal) in inputs {
+            let partition = (position.topic.clone(), position.partition);
+            if !progress.contains_key(&partition) {
+                let key = progress_key(&position.topic, position.partition);
+                let stored = overlay
+                    .get::<Progress>(Family::Progress, &key, "progress")?
+                    .unwrap_or_default();
+                progress.insert(partition.clone(), stored);
+            }
+            let state = progress
+                .get_mut(&partition)
+                .expect("progress was just loaded");
+            if position.offset < state.next_offset {
+                outcome.num_already_applied += 1;
+                continue;
+            }
+            state.next_offset = position.offset + 1;
+            let time = signal.event_time_unix_nano;
+            if time > now_unix_nano.saturating_add(max_future) {
+                state.num_future += 1;
+                outcome.future.push(Rejected {
+                    position: position.clone(),
+                    signal: signal.clone(),
+                    reason: "future",
+                });
+                continue;
+            }
+            // Pushes are a table (the image-facts topic is read whole and compacted), judged
+            // against each other in time order whatever order they arrive in: never late.
+            let is_image_fact = matches!(signal.fact, Some(Fact::ImagePushed(_)));
+            if !is_image_fact && time < state.watermark_unix_nano.saturating_sub(lateness) {
+                state.num_late += 1;
+                outcome.late.push(Rejected {
+                    position: position.clone(),
+                    signal: signal.clone(),
+                    reason: "late",
+                });
+                continue;
+            }
+            state.watermark_unix_nano = state.watermark_unix_nano.max(time);
+            let watermark = state.watermark_unix_nano;
+            outcome.num_applied += 1;
+            // Refreshing after every signal (not once per batch) makes the versions published
+            // independent of how the input was cut into batches, so a restart that re-batches
+            // the same records publishes exactly the same versions.
+            for workload in self.apply_signal(&mut overlay, signal, watermark)? {
+                if let Some(incident) = self.refresh_incident(&mut overlay, &workload)? {
+                    outcome.incidents.push(incident);
+                }
+            }
+        }
+        for ((topic, partition), state) in progress {
+            overlay.put(Family::Progress, progress_key(&topic, partition), &state);
+        }
+        self.store.write(overlay.batch)?;
+        Ok(outcome)
+    }
+
+    /// Applies one in-time signal; returns the keys of the workloads whose chain changed.
+    fn apply_signal(
+        &self,
+        overlay: &mut Overlay<'_, S>,
+        signal: &Signal,
+        watermark: i64,
+    ) -> Result<Vec<Vec<u8>>, EngineError> {
+        if let Some(Fact::ImagePushed(_)) = signal.fact {
+            return self.record_push(overlay, signal);
+        }
+        let Some(workload) = workload_ref(signal) else {
+            return Ok(Vec::new());
+        };
+        let key = workload.key.clone().into_bytes();
+        let findings = classify(signal, &self.policy);
+        let images = signal_images(signal);
+        let mut summary: WorkloadSummary = overlay
+            .get(Family::Workloads, &key, "workload summary")?
+            .unwrap_or_else(|| WorkloadSummary {
+                workload: workload.clone(),
+                ..Default::default()
+            });
+        let expiry = i64::try_from(
+            (self.policy.correlation_window + self.policy.allowed_lateness).as_nanos(),
+        )
+        .unwrap_or(i64::MAX);
+        let active = summary.num_evidence > 0 || !summary.rollouts.is_empty();
+        let idle = active && summary.last_unix_nano < watermark.saturating_sub(expiry);
+        if idle {
+            self.expire(overlay, &key, &mut summary)?;
+        }
+        if summary.workload.kind.is_empty() && !workload.kind.is_empty() {
+            summary.workload.kind = workload.kind.clone();
+        }
+
+        let mut changed = false;
+        // Remember the images the workload runs, and the workload as a user of each, so that a
+        // suspicious push found later can reach it.
+        if !matches!(signal.fact, Some(Fact::ContainerAccess(_))) {
+            for image in &images {
+                if summary.images.len() >= MAX_IMAGES_PER_WORKLOAD
+                    && !summary.images.contains(image)
+                {
+                    break;
+                }
+                if summary.images.insert(image.clone()) {
+                    self.add_image_user(overlay, image, &workload.key)?;
+                    changed = true;
+                }
+            }
+        }
+        let identity = signal_identity(signal);
+        if is_rollout(signal) && !summary.rollouts.iter().any(|r| r.identity == identity) {
+            summary.rollouts.push(Rollout {
+                time_unix_nano: signal.event_time_unix_nano,
+                actor: signal
+                    .actor
+                    .as_ref()
+                    .map_or(String::new(), |a| a.name.clone()),
+                identity: identity.clone(),
+                format: format_name(signal).to_owned(),
+                source_event: signal.source_event.clone(),
+                raw: raw_ref(signal),
+                images: images.clone(),
+            });
+            summary.rollouts.sort_by(|a, b| {
+                (b.time_unix_nano, &b.identity).cmp(&(a.time_unix_nano, &a.identity))
+            });
+            summary.rollouts.truncate(MAX_ROLLOUTS_PER_WORKLOAD);
+            summary.last_unix_nano = summary.last_unix_nano.max(signal.event_time_unix_nano);
+            changed = true;
+        }
+
+        let context = EvidenceContext {
+            time_unix_nano: signal.event_time_unix_nano,
+            format: format_name(signal),
+            source_event: &signal.source_event,
+            actor: signal.actor.as_ref().map_or("", |a| a.name.as_str()),
+            image: signal.image.as_ref().map_or("", |i| i.reference.as_str()),
+            raw: raw_ref(signal),
+        };
+        for finding in &findings {
+            let evidence = Evidence::from_finding(finding, context.clone());
+            let evidence_key = evidence_key(&key, summary.generation, &evidence, &identity);
+            if overlay
+                .batch
+                .pending(Family::Evidence, &evidence_key)
+                .is_some()
+                || self.store.get(Family::Evidence, &evidence_key)?.is_some()
+            {
+                continue;
+            }
+            let new_stage = !summary.stages.contains(&evidence.stage);
+            if summary.num_evidence >= MAX_EVIDENCE_PER_CHAIN && !new_stage {
+                // Counted, stored, and shown at the incident's next amendment; an omitted item
+                // alone does not publish a new version, or a miner alerting every second would
+                // republish its whole chain every second.
+                summary.num_omitted += 1;
+                overlay.put(Family::Workloads, key.clone(), &summary);
+                continue;
+            }
+            if summary.num_evidence == 0 || evidence.time_unix_nano < summary.first_unix_nano {
+                summary.first_unix_nano = evidence.time_unix_nano;
+            }
+            summary.last_unix_nano = summary.last_unix_nano.max(evidence.time_unix_nano);
+            summary.num_evidence += 1;
+            summary.stages.insert(evidence.stage.clone());
+            overlay.put(Family::Evidence, evidence_key, &evidence);
+            changed = true;
+        }
+        if changed {
+            overlay.put(Family::Workloads, key.clone(), &summary);
+            Ok(vec![key])
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Records `workload` as a user of the image tag `reference`.
+    fn add_image_user(
+        &self,
+        overlay: &mut Overlay<'_, S>,
+        reference: &str,
+        workload: &str,
+    ) -> Result<(), EngineError> {
+        let key = reference.as_bytes();
+        let mut users: BTreeSet<String> = overlay
+            .get(Family::ImageUsers, key, "image users")?
+            .unwrap_or_default();
+        if users.len() < MAX_USERS_PER_IMAGE && users.insert(workload.to_owned()) {
+            overlay.put(Family::ImageUsers, key.to_vec(), &users);
+        }
+        Ok(())
+    }
+
+    /// Starts a new chain for an idle workload: deletes its old evidence.
+    fn expire(
+        &self,
+        overlay: &mut Overlay<'_, S>,
+        key: &[u8],
+        summary: &mut WorkloadSummary,
+    ) -> Result<(), EngineError> {
+        let prefix = chain_prefix(key, summary.generation);
+        for (evidence_key, _) in overlay.scan(Family::Evidence, &prefix)? {
+            overlay.batch.delete(Family::Evidence, evidence_key);
+        }
+        *summary = WorkloadSummary {
+            workload: summary.workload.clone(),
+            generation: summary.generation + 1,
+            images: std::mem::take(&mut summary.images),
+            ..Default::default()
+        };
+        Ok(())
+    }
+
+    /// Remembers a registry push; a tag pushed again with another digest is a finding that
+    /// joins the chain of every workload that then runs the tag. Returns the workloads known to
+    /// run the tag, whose chains are rebuilt.
+    fn record_push(
+        &self,
+        overlay: &mut Overlay<'_, S>,
+        signal: &Signal,
+    ) -> Result<Vec<Vec<u8>>, EngineError> {
+        let Some(image) = &signal.image else {
+            return Ok(Vec::new());
+        };
+        if image.tag.is_empty() || image.digest.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = format!("{}/{}:{}", image.registry, image.repository, image.tag).into_bytes();
+        let mut pushes: Vec<Push> = overlay
+            .get(Family::Images, &key, "image history")?
+            .unwrap_or_default();
+        let actor = signal.actor.clone().unwrap_or_default();
+        let raw = raw_ref(signal);
+        if pushes
+            .iter()
+            .any(|p| p.digest == image.digest && p.raw == raw)
+        {
+            return Ok(Vec::new());
+        }
+        pushes.push(Push {
+            digest: image.digest.clone(),
+            time_unix_nano: signal.event_time_unix_nano,
+            pusher: actor.name,
+            pusher_on_behalf_of: actor.on_behalf_of,
+            source_address: actor.source_address,
+            raw,
+            finding: None,
+        });
+        // Judge every push against the one before it in time, whatever order they arrived in.
+        pushes.sort_by(|a, b| (a.time_unix_nano, &a.raw).cmp(&(b.time_unix_nano, &b.raw)));
+        for i in 0..pushes.len() {
+            let previous = i.checked_sub(1).map(|j| pushes[j].digest.clone());
+            let push = &mut pushes[i];
+            push.finding = match previous {
+                Some(previous) if previous != push.digest => {
+                    let trusted = self.policy.is_trusted_pusher(&push.pusher)
+                        || (!push.pusher_on_behalf_of.is_empty()
+                            && self.policy.is_trusted_pusher(&push.pusher_on_behalf_of));
+                    let untrusted = !push.pusher.is_empty() && !trusted;
+                    let mut who = if push.pusher.is_empty() {
+                        "an unknown identity".to_owned()
+                    } else {
+                        push.pusher.clone()
+                    };
+                    if !push.source_address.is_empty() {
+                        who = format!("{who} from {}", push.source_address);
+                    }
+                    Some(PushFinding {
+                        strong: untrusted,
+                        reason: format!(
+                            "tag {} re-pushed by {who} with a new digest ({} replaced {})",
+                            image.tag,
+                            short_digest(&push.digest),
+                            short_digest(&previous)
+                        ),
+                    })
+                }
+                _ => None,
+            };
+        }
+        // Keep the table bounded: the last 32 pushes of a tag are enough to judge new ones.
+        if pushes.len() > 32 {
+            pushes.drain(..pushes.len() - 32);
+        }
+        let users: BTreeSet<String> = overlay
+            .get(Family::ImageUsers, &key, "image users")?
+            .unwrap_or_default();
+        overlay.put(Family::Images, key, &pushes);
+        Ok(users.into_iter().map(String::into_bytes).collect())
+    }
+
+    /// Returns the evidence that links a workload's rollouts to suspicious pushes of the images
+    /// they ran: the push itself (stage `image`) and the rollout that picked it up (stage
+    /// `implant`). Derived from the image table at every rebuild, so it is the same whatever
+    /// order pushes and rollouts arrived in.
+    fn rollout_evidence(
+        &self,
+        overlay: &Overlay<'_, S>,
+        summary: &WorkloadSummary,
+        stored: &[Evidence],
+    ) -> Result<Vec<Evidence>, EngineError> {
+        let window = i64::try_from(self.policy.correlation_window.as_nanos()).unwrap_or(i64::MAX);
+        let mut pushes_linked: BTreeMap<RawRef, Evidence> = BTreeMap::new();
+        let mut derived = Vec::new();
+        for rollout in &summary.rollouts {
+            let images: Vec<&String> = if rollout.images.is_empty() {
+                summary.images.iter().collect()
+            } else {
+                rollout.images.iter().collect()
+            };
+            let mut picked_up = Vec::new();
+            for reference in images {
+                let pushes: Vec<Push> = overlay
+                    .get(Family::Images, reference.as_bytes(), "image history")?
+                    .unwrap_or_default();
+                for push in pushes {
+                    let Some(finding) = &push.finding else {
+                        continue;
+                    };
+                    let time = rollout.time_unix_nano;
+                    if push.time_unix_nano > time
+                        || push.time_unix_nano < time.saturating_sub(window)
+                    {
+                        continue;
+                    }
+                    picked_up.push(reference.as_str());
+                    let finding = Finding {
+                        stage: Stage::Image,
+                        strength: if finding.strong {
+                            Strength::Strong
+                        } else {
+                            Strength::Weak
+                        },
+                        reason: finding.reason.clone(),
+                        technique: technique::IMPLANT_INTERNAL_IMAGE,
+                    };
+                    let context = EvidenceContext {
+                        time_unix_nano: push.time_unix_nano,
+                        format: "registry",
+                        source_event: "push",
+                        actor: &push.pusher,
+                        image: reference,
+                        raw: push.raw.clone(),
+                    };
+                    pushes_linked
+                        .entry(push.raw.clone())
+                        .or_insert_with(|| Evidence::from_finding(&finding, context));
+                }
+            }
+            if picked_up.is_empty() {
+                continue;
+            }
+            picked_up.dedup();
+            let already = stored
+                .iter()
+                .any(|e| e.raw == rollout.raw && e.stage() == Some(Stage::Implant));
+            if already {
+                continue;
+            }
+            let who = if rollout.actor.is_empty() {
+                "an unknown identity"
+            } else {
+                &rollout.actor
+            };
+            let finding = Finding {
+                stage: Stage::Implant,
+                strength: Strength::Weak,
+                technique: technique::IMPLANT_INTERNAL_IMAGE,
+                reason: format!(
+                    "rollout by {who} picked up the re-pushed {}",
+                    picked_up.join(", ")
+                ),
+            };
+            let context = EvidenceContext {
+                time_unix_nano: rollout.time_unix_nano,
+                format: &rollout.format,
+                source_event: &rollout.source_event,
+                actor: &rollout.actor,
+                image: picked_up[0],
+                raw: rollout.raw.clone(),
+            };
+            derived.push(Evidence::from_finding(&finding, context));
+        }
+        derived.extend(pushes_linked.into_values());
+        Ok(derived)
+    }
+
+    /// Rebuilds the incident of a workload from its chain, if the chain warrants one.
+    fn refresh_incident(
+        &self,
+        overlay: &mut Overlay<'_, S>,
+        key: &[u8],
+    ) -> Result<Option<Incident>, EngineError> {
+        let Some(mut summary) =
+            overlay.get::<WorkloadSummary>(Family::Workloads, key, "workload summary")?
+        else {
+            return Ok(None);
+        };
+        let mut evidence: Vec<Evidence> = overlay
+            .scan(Family::Evidence, &chain_prefix(key, summary.generation))?
+            .into_iter()
+            .map(|(_, v)| {
+                serde_json::from_slice(&v).map_err(|source| EngineError::Corrupted {
+                    what: "evidence",
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let derived = self.rollout_evidence(overlay, &summary, &evidence)?;
+        evidence.extend(derived);
+        evidence.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        if !opens_incident(&evidence) {
+            return Ok(None);
+        }
+        let id = incident_id(&summary.workload.key, summary.generation);
+        let previous: Option<Incident> =
+            overlay.get(Family::Incidents, id.as_bytes(), "incident")?;
+        let incident = build_incident(
+            id.clone(),
+            &summary,
+            evidence,
+            previous.as_ref().map(|p| p.status),
+        );
+        if previous.as_ref() == Some(&incident) {
+            return Ok(None);
+        }
+        overlay.put(Family::Incidents, id.clone().into_bytes(), &incident);
+        if summary.incident_id.as_deref() != Some(id.as_str()) {
+            summary.incident_id = Some(id);
+            overlay.put(Family::Workloads, key.to_vec(), &summary);
+        }
+        Ok(Some(incident))
+    }
+}
+
+/// Whether a chain warrants an incident.
+fn opens_incident(evidence: &[Evidence]) -> bool {
+    let strong = |stage: Stage| {
+        evidence
+            .iter()
+            .any(|e| e.is_strong() && e.stage() == Some(stage))
+    };
+    if strong(Stage::Execution) || strong(Stage::Impact) || strong(Stage::Deploy) {
+        return true;
+    }
+    let stages: BTreeSet<Stage> = evidence.iter().filter_map(Evidence::stage).collect();
+    let mining = stages.contains(&Stage::Execution) || stages.contains(&Stage::Impact);
+    mining && stages.len() >= 3
+}
+
+fn build_incident(
+    id: String,
+    summary: &WorkloadSummary,
+    evidence: Vec<Evidence>,
+    status: Option<Status>,
+) -> Incident {
+    let mut stage_strength: BTreeMap<Stage, bool> = BTreeMap::new();
+    for item in &evidence {
+        if let Some(stage) = item.stage() {
+            let strong = stage_strength.entry(stage).or_insert(false);
+            *strong |= item.is_strong();
+        }
+    }
+    let sources: BTreeSet<&str> = evidence.iter().map(|e| e.format.as_str()).collect();
+    let score = stage_strength
+        .values()
+        .map(|strong| if *strong { 2 } else { 1 })
+        .sum::<u32>()
+        + u32::try_from(sources.len().saturating_sub(1)).unwrap_or(u32::MAX);
+    let mining = stage_strength
+        .get(&Stage::Execution)
+        .copied()
+        .unwrap_or(false)
+        || stage_strength.get(&Stage::Impact).copied().unwrap_or(false);
+    let way_in = [Stage::Image, Stage::Deploy, Stage::Implant]
+        .iter()
+        .any(|s| stage_strength.contains_key(s));
+    let severity = if mining && way_in && score >= 6 {
+        Severity::Critical
+    } else if mining {
+        Severity::High
+    } else if score >= 3 {
+        Severity::Medium
+    } else {
+        Severity::Low
+    };
+    let techniques: BTreeSet<String> = evidence.iter().map(|e| e.technique.clone()).collect();
+    let first = evidence.first().map_or(0, |e| e.time_unix_nano);
+    let last = evidence
+        .iter()
+        .map(|e| e.time_unix_nano)
+        .max()
+        .unwrap_or(first);
+    Incident {
+        id,
+        version: u64::try_from(evidence.len()).unwrap_or(u64::MAX) + summary.num_omitted,
+        status: status.unwrap_or(Status::Open),
+        severity,
+        score,
+        workload: summary.workload.clone(),
+        stages: stage_strength
+            .keys()
+            .map(|s| s.as_str().to_owned())
+            .collect(),
+        techniques: techniques.into_iter().collect(),
+        first_seen: format_rfc3339(first),
+        last_seen: format_rfc3339(last),
+        summary: summarize(&summary.workload, &evidence),
+        evidence,
+        num_evidence_omitted: summary.num_omitted,
+    }
+}
+
+/// One paragraph: the workload, then the first (strongest) finding of each stage with its time.
+fn summarize(workload: &WorkloadRef, evidence: &[Evidence]) -> String {
+    let mut chosen: BTreeMap<Stage, &Evidence> = BTreeMap::new();
+    for item in evidence {
+        let Some(stage) = item.stage() else { continue };
+        match chosen.get(&stage) {
+            Some(current) if current.is_strong() || !item.is_strong() => {}
+            _ => {
+                chosen.insert(stage, item);
+            }
+        }
+    }
+    let mut parts: Vec<&Evidence> = chosen.into_values().collect();
+    parts.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    let steps: Vec<String> = parts
+        .iter()
+        .map(|e| format!("{} at {}", e.reason, format_time_of_day(e.time_unix_nano)))
+        .collect();
+    format!("{}: {}.", describe(workload), steps.join("; "))
+}
+
+fn describe(workload: &WorkloadRef) -> String {
+    match workload.platform.as_str() {
+        "ecs" => format!(
+            "ECS task family {} ({} {})",
+            workload.name, workload.account, workload.region
+        ),
+        _ => {
+            let kind = if workload.kind.is_empty() {
+                "Workload"
+            } else {
+                workload.kind.as_str()
+            };
+            let cluster = if workload.cluster.is_empty() {
+                String::new()
+            } else {
+                format!(" in cluster {}", workload.cluster)
+            };
+            format!("{kind} {}/{}{cluster}", workload.namespace, workload.name)
+        }
+    }
+}
+
+fn workload_ref(signal: &Signal) -> Option<WorkloadRef> {
+    let workload = signal.workload.as_ref()?;
+    if matches!(
+        WorkloadResolution::try_from(workload.resolution),
+        Ok(WorkloadResolution::None | WorkloadResolution::Unspecified) | Err(_)
+    ) {
+        return None;
+    }
+    let ecs = matches!(Platform::try_from(workload.platform), Ok(Platform::Ecs));
+    let platform = if ecs { "ecs" } else { "kubernetes" };
+    // Only what the key is made of (and the kind) describes the workload, so that every signal
+    // of a workload describes it alike. An ECS family is keyed by account and region; the ECS
+    // cluster is named by some calls only (`UpdateService`, not `RegisterTaskDefinition`).
+    let cluster = if ecs {
+        String::new()
+    } else {
+        workload.cluster.clone()
+    };
+    Some(WorkloadRef {
+        key: workload.partition_key(),
+        platform: platform.to_owned(),
+        cluster,
+        namespace: workload.namespace.clone(),
+        kind: workload.kind.clone(),
+        name: workload.name.clone(),
+        account: workload.account.clone(),
+        region: workload.region.clone(),
+    })
+}
+
+/// The image references a signal says the workload runs (tag form, without digest).
+fn signal_images(signal: &Signal) -> Vec<String> {
+    let mut references = BTreeSet::new();
+    let tagged = |image: &tidemark_proto::v1::Image| {
+        if image.tag.is_empty() {
+            None
+        } else {
+            Some(format!(
+                "{}/{}:{}",
+                image.registry, image.repository, image.tag
+            ))
+        }
+    };
+    match &signal.fact {
+        Some(Fact::WorkloadChanged(change)) => {
+            for container in &change.containers {
+                references.extend(container.image.as_ref().and_then(tagged));
+            }
+        }
+        Some(Fact::ContainerStarted(started)) => {
+            for container in &started.containers {
+                references.extend(container.image.as_ref().and_then(tagged));
+            }
+        }
+        _ => references.extend(signal.image.as_ref().and_then(tagged)),
+    }
+    references.into_iter().collect()
+}
+
+/// Whether a signal restarts a workload's pods (a patch or update, a new ECS deployment).
+fn is_rollout(signal: &Signal) -> bool {
+    match &signal.fact {
+        Some(Fact::WorkloadChanged(change)) => {
+            matches!(
+                change.verb.as_str(),
+                "patch" | "update" | "UpdateService" | "CreateService" | "create"
+            )
+        }
+        _ => false,
+    }
+}
+
+fn format_name(signal: &Signal) -> &'static str {
+    Format::try_from(signal.format).map_or("FORMAT_UNSPECIFIED", |f| f.as_str_name())
+}
+
+fn raw_ref(signal: &Signal) -> RawRef {
+    signal
+        .raw
+        .as_ref()
+        .map_or_else(RawRef::default, |raw| RawRef {
+            topic: raw.topic.clone(),
+            partition: raw.partition,
+            offset: raw.offset,
+            line: raw.line,
+            index: raw.index,
+        })
+}
+
+/// What makes two deliveries of a signal the same: its de-duplication key, else its raw position.
+fn signal_identity(signal: &Signal) -> String {
+    if !signal.dedup_key.is_empty() {
+        return signal.dedup_key.clone();
+    }
+    let raw = raw_ref(signal);
+    format!(
+        "{}/{}/{}/{}/{}",
+        raw.topic, raw.partition, raw.offset, raw.line, raw.index
+    )
+}
+
+fn progress_key(topic: &str, partition: i32) -> Vec<u8> {
+    format!("{topic}\u{0}{partition}").into_bytes()
+}
+
+fn chain_prefix(workload: &[u8], generation: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(workload.len() + 5);
+    key.extend_from_slice(workload);
+    key.push(0);
+    key.extend_from_slice(&generation.to_be_bytes());
+    key
+}
+
+/// Evidence keys sort by time inside a chain; the identity makes a redelivered signal land on
+/// the same key.
+fn evidence_key(workload: &[u8], generation: u32, evidence: &Evidence, identity: &str) -> Vec<u8> {
+    let mut key = chain_prefix(workload, generation);
+    let time = (evidence.time_unix_nano as u64) ^ (1 << 63);
+    key.extend_from_slice(&time.to_be_bytes());
+    key.extend_from_slice(evidence.stage.as_bytes());
+    key.push(0);
+    // Push evidence is keyed by the push, not by the signal that linked it.
+    if evidence.format == "registry" {
+        key.extend_from_slice(format!("{:?}", evidence.raw).as_bytes());
+    } else {
+        key.extend_from_slice(identity.as_bytes());
+    }
+    key.push(0);
+    key.extend_from_slice(evidence.reason.as_bytes());
+    key
+}
+
+/// A stable incident id: FNV-1a of the workload key and chain generation, as 16 hex digits.
+fn incident_id(workload_key: &str, generation: u32) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in workload_key.bytes().chain(generation.to_be_bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+fn short_digest(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
+}
