@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SAMPLES := $(shell find fixtures/samples -name '*.json' | sort)
 
-.PHONY: help deps demo test fmt fmt-check clippy bench doc
+.PHONY: help deps demo samples test fmt fmt-check clippy bench doc
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -10,11 +10,14 @@ help: ## List the targets
 deps: ## Install the Debian packages the build needs (apt-get, as root or through sudo)
 	scripts/install-deps.sh
 
-demo: deps ## Decode every bundled real sample and print its normalized signals
+demo: ## Replay the bundled attack scenarios through the correlator (scripts/demo.sh)
+	scripts/demo.sh
+
+samples: deps ## Decode every bundled real sample and print its normalized signals
 	$(CARGO) run --quiet -p tidemark -- normalize $(SAMPLES)
 
-test: deps ## Run every test of the workspace
-	$(CARGO) nextest run --workspace --all-targets --no-fail-fast
+test: ## Run every test of the workspace (scripts/test.sh)
+	scripts/test.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -27,6 +30,7 @@ clippy: deps ## Lint every target, warnings as errors
 
 bench: deps ## Run the criterion benchmarks (release build)
 	$(CARGO) bench -p tidemark-ingest --bench decode
+	$(CARGO) bench -p tidemark-correlator --bench correlate
 
 doc: ## Build the API documentation
 	$(CARGO) doc --workspace --no-deps
