@@ -1,10 +1,11 @@
-//! Configuration of the ingest role: a YAML file, then `TIDEMARK_*` environment overrides, then
-//! validation. Every key and its default is listed in `config/tidemark.example.yaml`.
+//! Configuration of the ingest role: a YAML file, then `TIDEMARK_INGEST__*` environment
+//! overrides, then validation. Every key and its default is listed in
+//! `config/ingest.example.yaml`.
 //!
 //! Environment overrides name a key path in upper case with `__` between levels:
-//! `TIDEMARK_KAFKA__BROKERS=broker-0:9092` sets `kafka.brokers`. The value is read as YAML, so
-//! numbers, booleans and even lists (`TIDEMARK_TOPICS__RAW='[{name: falco, format: falco}]'`)
-//! work.
+//! `TIDEMARK_INGEST__KAFKA__BROKERS=broker-0:9092` sets `kafka.brokers`. The value is read as
+//! YAML, so numbers, booleans and even lists
+//! (`TIDEMARK_INGEST__TOPICS__RAW='[{name: falco, format: falco}]'`) work.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::decode::{DEFAULT_MAX_RECORD_BYTES, InputFormat};
 use crate::error::{Error, Result};
 
-/// Prefix of environment variables that override configuration keys.
-pub const ENV_PREFIX: &str = "TIDEMARK_";
+/// Prefix of environment variables that override ingest configuration keys.
+pub const ENV_PREFIX: &str = "TIDEMARK_INGEST__";
 
 /// Configuration of `tidemark ingest`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -194,24 +195,7 @@ impl IngestConfig {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<IngestConfig> {
-        let mut document = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                serde_yaml::from_str::<serde_yaml::Value>(&text).map_err(|error| {
-                    Error::ConfigInvalid(format!("`{}` is not valid YAML: {error}", path.display()))
-                })?
-            }
-            None => serde_yaml::Value::Mapping(serde_yaml::Mapping::new()),
-        };
-        if document.is_null() {
-            document = serde_yaml::Value::Mapping(serde_yaml::Mapping::new());
-        }
-        apply_env_overrides(&mut document, env)?;
-        let config: IngestConfig = serde_yaml::from_value(document)
-            .map_err(|error| Error::ConfigInvalid(error.to_string()))?;
+        let config: IngestConfig = tidemark_common::config::load(path, env, ENV_PREFIX)?;
         config.validate()?;
         Ok(config)
     }
@@ -238,10 +222,13 @@ impl IngestConfig {
             ("topics.dead_letters", &self.topics.dead_letters),
         ];
         for (key, topic) in outputs {
-            validate_topic_name(key, topic)?;
+            tidemark_common::config::validate_topic_name(key, topic)?;
         }
         for (index, raw) in self.topics.raw.iter().enumerate() {
-            validate_topic_name(&format!("topics.raw[{index}].name"), &raw.name)?;
+            tidemark_common::config::validate_topic_name(
+                &format!("topics.raw[{index}].name"),
+                &raw.name,
+            )?;
             if let Some((key, _)) = outputs.iter().find(|(_, topic)| **topic == raw.name) {
                 return invalid(format!(
                     "`topics.raw[{index}].name` `{}` is also `{key}`: ingest would read its own output",
@@ -281,69 +268,6 @@ impl IngestConfig {
     }
 }
 
-/// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`.
-fn validate_topic_name(key: &str, name: &str) -> Result<()> {
-    let legal = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
-    if name.is_empty() || name.len() > 249 || !name.bytes().all(legal) {
-        return Err(Error::ConfigInvalid(format!(
-            "`{key}` `{name}` is not a valid Kafka topic name (1 to 249 of letters, digits, `.`, `_`, `-`)"
-        )));
-    }
-    Ok(())
-}
-
-/// Applies `TIDEMARK_A__B=value` overrides to the YAML document.
-fn apply_env_overrides(
-    document: &mut serde_yaml::Value,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<()> {
-    let mut overrides: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name.contains("__"))
-        .collect();
-    overrides.sort();
-    for (name, value) in overrides {
-        let path: Vec<String> = name[ENV_PREFIX.len()..]
-            .split("__")
-            .map(|part| part.to_ascii_lowercase())
-            .collect();
-        if path.iter().any(String::is_empty) {
-            return Err(Error::ConfigInvalid(format!(
-                "environment variable `{name}` has an empty key"
-            )));
-        }
-        let parsed: serde_yaml::Value = serde_yaml::from_str(&value).map_err(|error| {
-            Error::ConfigInvalid(format!(
-                "environment variable `{name}` is not valid YAML: {error}"
-            ))
-        })?;
-        // A value that YAML reads as null (empty string) is kept as an empty string.
-        let parsed = if parsed.is_null() {
-            serde_yaml::Value::String(value.clone())
-        } else {
-            parsed
-        };
-        let mut node = &mut *document;
-        for (depth, key) in path.iter().enumerate() {
-            let serde_yaml::Value::Mapping(map) = node else {
-                return Err(Error::ConfigInvalid(format!(
-                    "environment variable `{name}` sets a key inside `{}`, which is not a section",
-                    path[..depth].join(".")
-                )));
-            };
-            let key = serde_yaml::Value::String(key.clone());
-            if depth + 1 == path.len() {
-                map.insert(key, parsed.clone());
-                break;
-            }
-            node = map
-                .entry(key)
-                .or_insert_with(|| serde_yaml::Value::Mapping(serde_yaml::Mapping::new()));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,10 +290,13 @@ mod tests {
         let config = IngestConfig::load(
             None,
             env(&[
-                ("TIDEMARK_KAFKA__BROKERS", "broker-0:9092,broker-1:9092"),
-                ("TIDEMARK_LIMITS__MAX_IN_FLIGHT_RECORDS", "500"),
                 (
-                    "TIDEMARK_TOPICS__RAW",
+                    "TIDEMARK_INGEST__KAFKA__BROKERS",
+                    "broker-0:9092,broker-1:9092",
+                ),
+                ("TIDEMARK_INGEST__LIMITS__MAX_IN_FLIGHT_RECORDS", "500"),
+                (
+                    "TIDEMARK_INGEST__TOPICS__RAW",
                     "[{name: falco, format: falco, cluster: prod}]",
                 ),
                 ("UNRELATED", "x"),
@@ -384,8 +311,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_with_their_name() {
-        let error =
-            IngestConfig::load(None, env(&[("TIDEMARK_KAFKA__BROKER", "x:1")])).unwrap_err();
+        let error = IngestConfig::load(None, env(&[("TIDEMARK_INGEST__KAFKA__BROKER", "x:1")]))
+            .unwrap_err();
         assert!(
             error.to_string().contains("unknown field `broker`"),
             "{error}"
@@ -396,7 +323,10 @@ mod tests {
     fn unknown_formats_are_refused() {
         let error = IngestConfig::load(
             None,
-            env(&[("TIDEMARK_TOPICS__RAW", "[{name: a, format: syslog}]")]),
+            env(&[(
+                "TIDEMARK_INGEST__TOPICS__RAW",
+                "[{name: a, format: syslog}]",
+            )]),
         )
         .unwrap_err();
         assert!(
@@ -409,7 +339,7 @@ mod tests {
     fn reading_an_output_topic_is_refused() {
         let error = IngestConfig::load(
             None,
-            env(&[("TIDEMARK_TOPICS__RAW", "[{name: tidemark.signals}]")]),
+            env(&[("TIDEMARK_INGEST__TOPICS__RAW", "[{name: tidemark.signals}]")]),
         )
         .unwrap_err();
         assert!(
@@ -420,14 +350,17 @@ mod tests {
 
     #[test]
     fn illegal_topic_names_are_refused() {
-        let error = IngestConfig::load(None, env(&[("TIDEMARK_TOPICS__SIGNALS", "bad topic")]))
-            .unwrap_err();
+        let error = IngestConfig::load(
+            None,
+            env(&[("TIDEMARK_INGEST__TOPICS__SIGNALS", "bad topic")]),
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("`topics.signals`"), "{error}");
     }
 
     #[test]
     fn example_file_parses_and_matches_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/tidemark.example.yaml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/ingest.example.yaml");
         let config = IngestConfig::load(Some(&path), env(&[])).unwrap();
         assert_eq!(config.kafka, KafkaConfig::default());
         assert_eq!(config.limits, LimitsConfig::default());

@@ -40,6 +40,17 @@ pub enum Error {
     },
 }
 
+impl From<tidemark_common::config::ConfigError> for Error {
+    fn from(error: tidemark_common::config::ConfigError) -> Self {
+        match error {
+            tidemark_common::config::ConfigError::Read { path, source } => {
+                Error::ConfigRead { path, source }
+            }
+            tidemark_common::config::ConfigError::Invalid(message) => Error::ConfigInvalid(message),
+        }
+    }
+}
+
 /// Coarse error classes, for exit codes and for callers deciding whether to retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
