@@ -1193,13 +1193,14 @@ fn aks_log_as_json_string_is_decoded_with_the_cluster_from_the_resource_id() {
     let signal = only("aks-diagnostic/kube_audit_log_string.json");
     assert_eq!(signal.format, Format::K8sAudit as i32);
     assert_eq!(signal.event_time_unix_nano, 1_772_449_200_250_000_000);
-    // Pod create with generateName: the name comes from the response, the owner is the Job.
+    // Pod create with generateName: the name comes from the response, the owner is the Job, and
+    // the Job's name (a schedule time in minutes) says a CronJob created it.
     assert_k8s_workload(
         &signal,
         "aks-prod",
         "batch",
-        "Job",
-        "report-28512345",
+        "CronJob",
+        "report",
         WorkloadResolution::Explicit,
         "report-28512345-9vhxm",
     );
@@ -1260,7 +1261,7 @@ fn aks_event_hub_batch_keeps_record_positions_and_skips_other_categories() {
     assert_eq!(
         positions,
         [
-            (0, "k8s/aks-prod/batch/report-28512345".to_owned()),
+            (0, "k8s/aks-prod/batch/report".to_owned()),
             (2, "k8s/aks-prod/shop/web".to_owned())
         ]
     );

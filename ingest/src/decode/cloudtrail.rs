@@ -93,7 +93,7 @@ struct SessionIssuer {
 struct Params {
     #[serde(default, deserialize_with = "json::text")]
     family: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::list")]
     container_definitions: Vec<ContainerDefinition>,
     #[serde(default, deserialize_with = "json::text")]
     cluster: Option<String>,
@@ -145,7 +145,7 @@ struct ContainerDefinition {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Overrides {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::list")]
     container_overrides: Vec<ContainerDefinition>,
 }
 
@@ -154,7 +154,7 @@ struct Overrides {
 struct Response {
     #[serde(default)]
     task_definition: Option<TaskDefinition>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::list")]
     tasks: Vec<Task>,
     #[serde(default)]
     service: Option<Service>,
@@ -178,7 +178,7 @@ struct Task {
     task_arn: Option<String>,
     #[serde(default, deserialize_with = "json::text")]
     task_definition_arn: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::list")]
     containers: Vec<ContainerDefinition>,
 }
 

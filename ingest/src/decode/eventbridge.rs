@@ -55,7 +55,7 @@ struct TaskStateChange {
     last_status: Option<String>,
     #[serde(default, deserialize_with = "json::text")]
     updated_at: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::list")]
     containers: Vec<TaskContainer>,
 }
 

@@ -36,7 +36,7 @@ struct Webhook {
 
 #[derive(Deserialize)]
 struct EventData {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::list")]
     resources: Vec<Resource>,
     #[serde(default)]
     repository: Option<Repository>,

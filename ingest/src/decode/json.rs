@@ -7,8 +7,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::Deserializer;
 use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 /// Deserializes a string, number, boolean, or the first scalar of an array, as text. `null`,
 /// objects and empty arrays give `None`.
@@ -208,6 +208,19 @@ pub(crate) fn strings<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<
     deserializer.deserialize_any(StringsVisitor)
 }
 
+/// Deserializes a list whose elements have a type of their own, taking `null` as the empty list.
+///
+/// Merge patches send `"initContainers": null` to clear a list, and Go encoders write a nil slice
+/// as `null` (Tracee's `args`), so every list field that may be missing may also be `null`. Pair
+/// it with `#[serde(default)]` for the missing case.
+pub(crate) fn list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;
@@ -220,6 +233,8 @@ mod tests {
         number: Option<i64>,
         #[serde(default, deserialize_with = "super::strings")]
         list: Vec<String>,
+        #[serde(default, deserialize_with = "super::list")]
+        numbers: Vec<u32>,
     }
 
     #[test]
@@ -267,5 +282,21 @@ mod tests {
         assert_eq!(probe.list, ["a"]);
         let probe: Probe = serde_json::from_str(r#"{"list":["a",1,null]}"#).unwrap();
         assert_eq!(probe.list, ["a", "1"]);
+    }
+
+    #[test]
+    fn list_takes_null_and_missing_as_empty() {
+        let probe: Probe = serde_json::from_str(r#"{"numbers":null}"#).unwrap();
+        assert!(probe.numbers.is_empty());
+        let probe: Probe = serde_json::from_str("{}").unwrap();
+        assert!(probe.numbers.is_empty());
+        let probe: Probe = serde_json::from_str(r#"{"numbers":[1,2]}"#).unwrap();
+        assert_eq!(probe.numbers, [1, 2]);
+    }
+
+    #[test]
+    fn list_still_refuses_elements_of_the_wrong_type() {
+        assert!(serde_json::from_str::<Probe>(r#"{"numbers":["one"]}"#).is_err());
+        assert!(serde_json::from_str::<Probe>(r#"{"numbers":{}}"#).is_err());
     }
 }

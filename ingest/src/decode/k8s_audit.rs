@@ -122,7 +122,7 @@ struct Object {
 struct ObjectMeta {
     #[serde(default, deserialize_with = "json::text")]
     name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::list")]
     owner_references: Vec<OwnerReference>,
 }
 
@@ -139,11 +139,11 @@ struct OwnerReference {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Spec {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::list")]
     containers: Vec<ContainerSpec>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::list")]
     init_containers: Vec<ContainerSpec>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::list")]
     ephemeral_containers: Vec<ContainerSpec>,
     #[serde(default)]
     template: Option<Box<Template>>,
@@ -151,7 +151,7 @@ struct Spec {
     job_template: Option<Box<Template>>,
     #[serde(default)]
     workflow_spec: Option<Box<Spec>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::list")]
     templates: Vec<ArgoTemplate>,
     #[serde(default, deserialize_with = "json::integer")]
     replicas: Option<i64>,
@@ -207,11 +207,11 @@ struct SecurityContext {
 struct PodStatus {
     #[serde(default, deserialize_with = "json::text")]
     phase: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::list")]
     container_statuses: Vec<ContainerStatus>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::list")]
     init_container_statuses: Vec<ContainerStatus>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::list")]
     ephemeral_container_statuses: Vec<ContainerStatus>,
 }
 
@@ -282,7 +282,7 @@ struct CloudWatchEnvelope {
     log_group: Option<String>,
     #[serde(default, deserialize_with = "json::text")]
     log_stream: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::list")]
     log_events: Vec<CloudWatchLogEvent>,
 }
 
@@ -618,13 +618,7 @@ fn workload_change(
             normalize::kubernetes_pod_workload(cluster, &namespace, pod, owner)
         }
         (_, Some((owner_kind, owner_name)), name) => {
-            let (owner_kind, owner_name) = match (
-                owner_kind.as_str(),
-                normalize::deployment_from_replicaset(owner_name),
-            ) {
-                ("ReplicaSet", Some(deployment)) => ("Deployment", deployment),
-                (kind, _) => (kind, owner_name.as_str()),
-            };
+            let (owner_kind, owner_name) = normalize::top_controller(owner_kind, owner_name);
             WorkloadKey {
                 platform: Platform::Kubernetes as i32,
                 cluster: cluster.to_owned(),
@@ -636,31 +630,26 @@ fn workload_change(
                 ..Default::default()
             }
         }
-        ("ReplicaSet", None, Some(name))
-            if normalize::deployment_from_replicaset(name).is_some() =>
-        {
+        (kind, None, Some(name)) => {
+            // An object logged without its ownerReferences (Metadata level, or a patch body) is
+            // keyed by the controller its name implies, as its pods are.
+            let (top_kind, top_name) = normalize::top_controller(kind, name);
+            let (resolution, instance) = if top_name == name {
+                (WorkloadResolution::Explicit, String::new())
+            } else {
+                (WorkloadResolution::PodName, name.clone())
+            };
             WorkloadKey {
                 platform: Platform::Kubernetes as i32,
                 cluster: cluster.to_owned(),
                 namespace: namespace.clone(),
-                kind: "Deployment".to_owned(),
-                name: normalize::deployment_from_replicaset(name)
-                    .unwrap_or(name)
-                    .to_owned(),
-                resolution: WorkloadResolution::PodName as i32,
-                instance: name.clone(),
+                kind: top_kind.to_owned(),
+                name: top_name.to_owned(),
+                resolution: resolution as i32,
+                instance,
                 ..Default::default()
             }
         }
-        (kind, None, Some(name)) => WorkloadKey {
-            platform: Platform::Kubernetes as i32,
-            cluster: cluster.to_owned(),
-            namespace: namespace.clone(),
-            kind: kind.to_owned(),
-            name: name.clone(),
-            resolution: WorkloadResolution::Explicit as i32,
-            ..Default::default()
-        },
         (_, None, None) => return Ok(None),
     };
     signal.workload = Some(workload);

@@ -168,30 +168,67 @@ fn is_generated_suffix(s: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&s.len()) && s.bytes().all(is_generated_char)
 }
 
+/// Fewest digits of the suffix the CronJob controller gives the Jobs it creates: the scheduled
+/// time in minutes since the epoch, which has eight digits from 1989 until 2160.
+const CRONJOB_SUFFIX_MIN_DIGITS: usize = 8;
+
+/// Returns whether `s` is the scheduled-time suffix of a CronJob-created Job.
+fn is_cronjob_suffix(s: &str) -> bool {
+    s.len() >= CRONJOB_SUFFIX_MIN_DIGITS && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Returns whether `s` is a StatefulSet ordinal: decimal digits without a leading zero, and
+/// fewer digits than a CronJob suffix, so that the two suffix families never overlap.
+fn is_ordinal(s: &str) -> bool {
+    (1..CRONJOB_SUFFIX_MIN_DIGITS).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !s.starts_with('0'))
+}
+
+/// Returns whether `s` could be the random suffix of a generated name when what precedes it is
+/// already known to be generated: any five lowercase letters or digits.
+fn is_loose_suffix(s: &str) -> bool {
+    s.len() == 5
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
 /// Derives the controller that owns a pod from the pod's generated name.
 ///
-/// `web-7c9d9f6b8-x2l4p` (ReplicaSet hash, then a 5-character suffix) belongs to Deployment `web`.
-/// A name with only the 5-character suffix (`node-exporter-x2l4p`) belongs to a DaemonSet, Job or
-/// bare ReplicaSet; the kind is left empty, except that a Job named by a CronJob
-/// (`backup-29012345-x2l4p`, the schedule time in minutes) belongs to CronJob `backup`. Anything
-/// else, StatefulSet pods (`db-0`) included, is taken to be the pod itself.
+/// Controllers name their pods in three ways, told apart by the last one or two segments:
+/// - `<job>-<5 chars>`: the 5-character random suffix the API server appends for `generateName`.
+///   What precedes it is a ReplicaSet (`web-7c9d9f6b8-x2l4p`: the pod-template hash, so
+///   Deployment `web`), a CronJob-created Job (`backup-29012345-x2l4p`: the scheduled time in
+///   minutes, 8 or more digits, so CronJob `backup`), or the controller itself
+///   (`node-exporter-x2l4p`: a DaemonSet, Job or bare ReplicaSet, kind left empty).
+/// - `<statefulset>-<ordinal>` (`db-0`, `kafka-12`): StatefulSet `db`. An ordinal has no leading
+///   zero and fewer than 8 digits.
+/// - anything else (`kubecon`, `redis-alpha`) is taken to be a bare pod, keyed by itself.
+///
+/// Random suffixes use only consonants and the digits 2 and 4 to 9, so a 5-digit suffix made of
+/// those (`db-24567`) reads as random, not as an ordinal; both give the same name `db`. A
+/// pod-template hash can also be all digits; an all-digit segment of 8 or more digits is read as
+/// a CronJob schedule time, which is far commoner, and gives the same name either way. A bare pod
+/// named like a StatefulSet pod (`test-1`) is taken for one: every source that knows only the pod
+/// name makes the same guess, so its evidence still shares one key.
 pub(crate) fn owner_from_pod_name(pod: &str) -> (String, &'static str, WorkloadResolution) {
-    if let Some((head, suffix)) = pod.rsplit_once('-')
-        && is_generated_suffix(suffix, 5, 5)
-    {
-        if let Some((base, hash)) = head.rsplit_once('-') {
-            if is_generated_suffix(hash, 6, 10) && !base.is_empty() {
-                return (base.to_owned(), "Deployment", WorkloadResolution::PodName);
-            }
-            if (8..=10).contains(&hash.len())
-                && hash.bytes().all(|b| b.is_ascii_digit())
-                && !base.is_empty()
-            {
+    if let Some((head, suffix)) = pod.rsplit_once('-') {
+        if let Some((base, segment)) = head.rsplit_once('-')
+            && !base.is_empty()
+            && is_loose_suffix(suffix)
+        {
+            if is_cronjob_suffix(segment) {
                 return (base.to_owned(), "CronJob", WorkloadResolution::PodName);
             }
+            if is_generated_suffix(suffix, 5, 5) && is_generated_suffix(segment, 6, 10) {
+                return (base.to_owned(), "Deployment", WorkloadResolution::PodName);
+            }
         }
-        if !head.is_empty() {
+        if !head.is_empty() && is_generated_suffix(suffix, 5, 5) {
             return (head.to_owned(), "", WorkloadResolution::PodName);
+        }
+        if !head.is_empty() && is_ordinal(suffix) {
+            return (head.to_owned(), "StatefulSet", WorkloadResolution::PodName);
         }
     }
     (pod.to_owned(), "Pod", WorkloadResolution::Instance)
@@ -201,6 +238,29 @@ pub(crate) fn owner_from_pod_name(pod: &str) -> (String, &'static str, WorkloadR
 pub(crate) fn deployment_from_replicaset(replicaset: &str) -> Option<&str> {
     let (base, hash) = replicaset.rsplit_once('-')?;
     (is_generated_suffix(hash, 6, 10) && !base.is_empty()).then_some(base)
+}
+
+/// Derives the CronJob that created a Job from the Job's name (`backup-29012345` belongs to
+/// `backup`): the CronJob controller names each Job `<cronjob>-<scheduled time in minutes>`.
+pub(crate) fn cronjob_from_job(job: &str) -> Option<&str> {
+    let (base, time) = job.rsplit_once('-')?;
+    (is_cronjob_suffix(time) && !base.is_empty()).then_some(base)
+}
+
+/// Returns the controller at the top of the ownership chain that a named controller belongs to,
+/// as far as names tell: a ReplicaSet named with a pod-template hash belongs to its Deployment,
+/// a Job named with a schedule time to its CronJob. Other controllers are their own top.
+///
+/// Every owner a decoder reads (ownerReferences, Tetragon `workload`, Falco k8smeta fields) goes
+/// through here, so that it names the same workload as the owner derived from the pod name.
+pub(crate) fn top_controller<'a>(kind: &'a str, name: &'a str) -> (&'a str, &'a str) {
+    match kind {
+        "ReplicaSet" => {
+            deployment_from_replicaset(name).map_or((kind, name), |d| ("Deployment", d))
+        }
+        "Job" => cronjob_from_job(name).map_or((kind, name), |c| ("CronJob", c)),
+        _ => (kind, name),
+    }
 }
 
 /// Builds the workload key of a Kubernetes pod, preferring an explicit owner when the source
@@ -213,10 +273,7 @@ pub(crate) fn kubernetes_pod_workload(
 ) -> WorkloadKey {
     let (name, kind, resolution) = match explicit_owner {
         Some((kind, name)) if !name.is_empty() => {
-            let (kind, name) = match (kind, deployment_from_replicaset(name)) {
-                ("ReplicaSet", Some(deployment)) => ("Deployment", deployment),
-                _ => (kind, name),
-            };
+            let (kind, name) = top_controller(kind, name);
             (
                 name.to_owned(),
                 kind.to_owned(),
@@ -484,6 +541,52 @@ mod tests {
         assert_eq!(
             owner_from_pod_name("redis-alpha").2,
             WorkloadResolution::Instance
+        );
+    }
+
+    #[test]
+    fn statefulset_ordinals_resolve_to_the_statefulset() {
+        assert_eq!(
+            owner_from_pod_name("db-0"),
+            ("db".to_owned(), "StatefulSet", WorkloadResolution::PodName)
+        );
+        assert_eq!(
+            owner_from_pod_name("kafka-broker-12"),
+            (
+                "kafka-broker".to_owned(),
+                "StatefulSet",
+                WorkloadResolution::PodName
+            )
+        );
+        // A leading zero is no ordinal, and eight digits are a CronJob schedule time.
+        assert_eq!(owner_from_pod_name("db-01").1, "Pod");
+        assert_eq!(owner_from_pod_name("report-29012345").1, "Pod");
+    }
+
+    #[test]
+    fn explicit_owners_resolve_to_the_top_controller() {
+        assert_eq!(
+            top_controller("ReplicaSet", "web-7c9d9f6b8"),
+            ("Deployment", "web")
+        );
+        assert_eq!(
+            top_controller("Job", "backup-29012345"),
+            ("CronJob", "backup")
+        );
+        assert_eq!(top_controller("Job", "migrate-db"), ("Job", "migrate-db"));
+        assert_eq!(
+            top_controller("DaemonSet", "node-exporter"),
+            ("DaemonSet", "node-exporter")
+        );
+        let pod_of_job = kubernetes_pod_workload(
+            "prod",
+            "ops",
+            "backup-29012345-x2l4p",
+            Some(("Job", "backup-29012345")),
+        );
+        assert_eq!(
+            (pod_of_job.kind.as_str(), pod_of_job.name.as_str()),
+            ("CronJob", "backup")
         );
     }
 

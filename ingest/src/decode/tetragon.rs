@@ -49,7 +49,7 @@ struct KprobeEvent<'a> {
     parent: Option<Parent>,
     #[serde(default, deserialize_with = "json::text")]
     function_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::list")]
     args: Vec<KprobeArg>,
 }
 

@@ -45,7 +45,7 @@ struct Event<'a> {
     pod_name: Option<String>,
     #[serde(default, deserialize_with = "json::text")]
     pod_namespace: Option<String>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "json::list")]
     args: Vec<Arg<'a>>,
     #[serde(default)]
     metadata: Option<Metadata>,
