@@ -80,6 +80,9 @@ pub struct Outcome {
     pub late: Vec<Rejected>,
     /// Signals with event times too far in the future: bad input.
     pub future: Vec<Rejected>,
+    /// Records that did not hold a signal, first seen in this batch; the caller routes them
+    /// aside. Those an earlier run already saw are not repeated.
+    pub undecodable: Vec<Position>,
     /// Signals applied.
     pub num_applied: u64,
     /// Signals skipped because an earlier run already applied them.
@@ -148,6 +151,29 @@ struct Push {
 struct PushFinding {
     strong: bool,
     reason: String,
+}
+
+/// State computed by [`Engine::prepare`], not yet stored.
+#[derive(Debug)]
+pub struct Prepared {
+    batch: StateBatch,
+}
+
+impl Prepared {
+    /// Adds an outbox entry to the batch, stored atomically with the state it came from.
+    pub fn put_outbox(&mut self, key: &[u8], value: Vec<u8>) {
+        self.batch.put(Family::Outbox, key.to_vec(), value);
+    }
+
+    /// Returns the number of state writes pending.
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// Returns whether no state write is pending.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
 }
 
 /// The engine over a state store.
@@ -246,6 +272,29 @@ impl<S: StateStore> Engine<S> {
             .map(|p| p.next_offset))
     }
 
+    /// Reads an outbox entry.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`EngineError`] when the store fails.
+    pub fn outbox_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(self.store.get(Family::Outbox, key)?)
+    }
+
+    /// Sets (`Some`) or deletes (`None`) an outbox entry, durably.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`EngineError`] when the store fails.
+    pub fn outbox_set(&self, key: &[u8], value: Option<Vec<u8>>) -> Result<(), EngineError> {
+        let mut batch = StateBatch::default();
+        match value {
+            Some(value) => batch.put(Family::Outbox, key.to_vec(), value),
+            None => batch.delete(Family::Outbox, key.to_vec()),
+        }
+        Ok(self.store.write(batch)?)
+    }
+
     /// Returns every incident, ordered by id.
     ///
     /// # Errors
@@ -265,7 +314,8 @@ impl<S: StateStore> Engine<S> {
     }
 
     /// Applies a batch of signals read at `positions` (in read order) and stores the state it
-    /// produced with the consumed offsets, atomically.
+    /// produced with the consumed offsets, atomically: [`Engine::prepare`] then
+    /// [`Engine::commit`].
     ///
     /// # Errors
     ///
@@ -276,6 +326,53 @@ impl<S: StateStore> Engine<S> {
         inputs: &[(Position, Signal)],
         now_unix_nano: i64,
     ) -> Result<Outcome, EngineError> {
+        let (outcome, prepared) = self.prepare(inputs, now_unix_nano)?;
+        self.commit(prepared)?;
+        Ok(outcome)
+    }
+
+    /// Stores what [`Engine::prepare`] computed, with its offsets, in one atomic write.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`EngineError`] when the store fails; then nothing is stored.
+    pub fn commit(&self, prepared: Prepared) -> Result<(), EngineError> {
+        self.store.write(prepared.batch)?;
+        Ok(())
+    }
+
+    /// Computes what a batch of signals read at `positions` (in read order) changes, without
+    /// storing it: the caller adds its outbox to the returned state and [`Engine::commit`]s
+    /// it. Every `prepare` must be committed (or dropped) before the next one.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`EngineError`] when the store fails or holds corrupted state.
+    pub fn prepare(
+        &self,
+        inputs: &[(Position, Signal)],
+        now_unix_nano: i64,
+    ) -> Result<(Outcome, Prepared), EngineError> {
+        self.prepare_with_undecodable(inputs, &[], now_unix_nano)
+    }
+
+    /// As [`Engine::prepare`], with the positions of records of the same batch that held no
+    /// signal: their offsets are stored as consumed, and those not seen before are returned
+    /// in [`Outcome::undecodable`].
+    ///
+    /// An event time is judged against the time ingest decoded the record (the signal's ingest
+    /// time; `now_unix_nano` for a signal without one), so the same record is judged alike
+    /// whenever it is correlated.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`EngineError`] when the store fails or holds corrupted state.
+    pub fn prepare_with_undecodable(
+        &self,
+        inputs: &[(Position, Signal)],
+        undecodable: &[Position],
+        now_unix_nano: i64,
+    ) -> Result<(Outcome, Prepared), EngineError> {
         let mut overlay = Overlay {
             store: &self.store,
             batch: StateBatch::default(),
@@ -285,25 +382,28 @@ impl<S: StateStore> Engine<S> {
         let max_future = i64::try_from(self.policy.max_future_skew.as_nanos()).unwrap_or(i64::MAX);
         let lateness = i64::try_from(self.policy.allowed_lateness.as_nanos()).unwrap_or(i64::MAX);
 
-        for (position, signal) in inputs {
-            let partition = (position.topic.clone(), position.partition);
-            if !progress.contains_key(&partition) {
-                let key = progress_key(&position.topic, position.partition);
-                let stored = overlay
-                    .get::<Progress>(Family::Progress, &key, "progress")?
-                    .unwrap_or_default();
-                progress.insert(partition.clone(), stored);
+        for position in undecodable {
+            let state = partition_progress(&overlay, &mut progress, position)?;
+            if position.offset < state.next_offset {
+                outcome.num_already_applied += 1;
+                continue;
             }
-            let state = progress
-                .get_mut(&partition)
-                .expect("progress was just loaded");
+            outcome.undecodable.push(position.clone());
+        }
+        for (position, signal) in inputs {
+            let state = partition_progress(&overlay, &mut progress, position)?;
             if position.offset < state.next_offset {
                 outcome.num_already_applied += 1;
                 continue;
             }
             state.next_offset = position.offset + 1;
             let time = signal.event_time_unix_nano;
-            if time > now_unix_nano.saturating_add(max_future) {
+            let received = if signal.ingest_time_unix_nano > 0 {
+                signal.ingest_time_unix_nano
+            } else {
+                now_unix_nano
+            };
+            if time > received.saturating_add(max_future) {
                 state.num_future += 1;
                 outcome.future.push(Rejected {
                     position: position.clone(),
@@ -336,11 +436,19 @@ impl<S: StateStore> Engine<S> {
                 }
             }
         }
+        for position in undecodable {
+            let state = partition_progress(&overlay, &mut progress, position)?;
+            state.next_offset = state.next_offset.max(position.offset + 1);
+        }
         for ((topic, partition), state) in progress {
             overlay.put(Family::Progress, progress_key(&topic, partition), &state);
         }
-        self.store.write(overlay.batch)?;
-        Ok(outcome)
+        Ok((
+            outcome,
+            Prepared {
+                batch: overlay.batch,
+            },
+        ))
     }
 
     /// Applies one in-time signal; returns the keys of the workloads whose chain changed.
@@ -702,14 +810,24 @@ impl<S: StateStore> Engine<S> {
         let id = incident_id(&summary.workload.key, summary.generation);
         let previous: Option<Incident> =
             overlay.get(Family::Incidents, id.as_bytes(), "incident")?;
-        let incident = build_incident(
+        let mut incident = build_incident(
             id.clone(),
             &summary,
             evidence,
             previous.as_ref().map(|p| p.status),
         );
-        if previous.as_ref() == Some(&incident) {
-            return Ok(None);
+        if let Some(previous) = &previous {
+            // The version counts the chain's evidence, which is the same whatever the delivery
+            // order. Evidence can also leave a chain (a push re-judged, a rollout beyond the
+            // cap): a changed incident then still gets a higher version, never a reused one.
+            let unchanged = Incident {
+                version: previous.version,
+                ..incident.clone()
+            };
+            if unchanged == *previous {
+                return Ok(None);
+            }
+            incident.version = incident.version.max(previous.version + 1);
         }
         overlay.put(Family::Incidents, id.clone().into_bytes(), &incident);
         if summary.incident_id.as_deref() != Some(id.as_str()) {
@@ -940,6 +1058,26 @@ fn signal_identity(signal: &Signal) -> String {
         "{}/{}/{}/{}/{}",
         raw.topic, raw.partition, raw.offset, raw.line, raw.index
     )
+}
+
+/// Returns the progress of the partition `position` is on, loading it from the store on first
+/// use in a batch.
+fn partition_progress<'p, S: StateStore>(
+    overlay: &Overlay<'_, S>,
+    progress: &'p mut BTreeMap<(String, i32), Progress>,
+    position: &Position,
+) -> Result<&'p mut Progress, EngineError> {
+    let partition = (position.topic.clone(), position.partition);
+    if !progress.contains_key(&partition) {
+        let key = progress_key(&position.topic, position.partition);
+        let stored = overlay
+            .get::<Progress>(Family::Progress, &key, "progress")?
+            .unwrap_or_default();
+        progress.insert(partition.clone(), stored);
+    }
+    Ok(progress
+        .get_mut(&partition)
+        .expect("progress was just loaded"))
 }
 
 fn progress_key(topic: &str, partition: i32) -> Vec<u8> {

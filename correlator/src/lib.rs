@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod duration;
 pub mod engine;
 pub mod error;
@@ -23,5 +24,6 @@ pub mod policy;
 pub mod replay;
 pub mod stage;
 pub mod state;
+pub mod worker;
 
 pub use error::{Error, Result};

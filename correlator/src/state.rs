@@ -2,7 +2,8 @@
 //! and over a map in tests.
 //!
 //! State is split into families, one per concern: workload summaries, evidence, the image table,
-//! incidents, and per-partition progress (consumed offsets and watermarks). The engine writes the
+//! incidents, per-partition progress (consumed offsets and watermarks), and the outbox of
+//! outputs not yet acknowledged by Kafka. The engine writes the
 //! state a batch of signals produced and the offsets it consumed in one [`StateBatch`], so after
 //! a crash the stored offsets say exactly which signals the stored state reflects.
 //!
@@ -35,17 +36,21 @@ pub enum Family {
     Incidents,
     /// Per-partition progress: next offset to consume, watermark, late count.
     Progress,
+    /// Outputs stored before they are published, so a crash between the two publishes them
+    /// once (the transactional outbox pattern).
+    Outbox,
 }
 
 impl Family {
     /// Every family, in a fixed order.
-    pub const ALL: [Family; 6] = [
+    pub const ALL: [Family; 7] = [
         Family::Workloads,
         Family::Evidence,
         Family::Images,
         Family::ImageUsers,
         Family::Incidents,
         Family::Progress,
+        Family::Outbox,
     ];
 
     /// The family's name in storage.
@@ -57,6 +62,7 @@ impl Family {
             Family::ImageUsers => "image_users",
             Family::Incidents => "incidents",
             Family::Progress => "progress",
+            Family::Outbox => "outbox",
         }
     }
 }

@@ -255,9 +255,27 @@ fn evidence_older_than_the_allowed_lateness_is_returned_as_late_not_dropped() {
 }
 
 #[test]
-fn event_time_far_in_the_future_is_bad_input() {
+fn event_time_far_ahead_of_the_ingest_time_is_bad_input() {
     let engine = Engine::new(example_policy(), MemoryStore::new());
-    let signal = scenario("public-image.ndjson").remove(0);
+    let mut signal = scenario("public-image.ndjson").remove(0);
+    // Ingest decoded the record an hour before the time it claims: beyond `max_future_skew`.
+    signal.ingest_time_unix_nano = signal.event_time_unix_nano - 3_600 * 1_000_000_000;
+    let position = Position {
+        topic: "signals".to_owned(),
+        partition: 0,
+        offset: 0,
+    };
+    let outcome = engine.apply(&[(position, signal)], NOW).unwrap();
+    assert_eq!(outcome.future.len(), 1);
+    assert!(outcome.incidents.is_empty());
+    assert!(engine.incidents().unwrap().is_empty());
+}
+
+#[test]
+fn a_signal_without_ingest_time_is_judged_against_the_correlators_clock() {
+    let engine = Engine::new(example_policy(), MemoryStore::new());
+    let mut signal = scenario("public-image.ndjson").remove(0);
+    signal.ingest_time_unix_nano = 0;
     let now = signal.event_time_unix_nano - 3_600 * 1_000_000_000;
     let position = Position {
         topic: "signals".to_owned(),
@@ -266,6 +284,4 @@ fn event_time_far_in_the_future_is_bad_input() {
     };
     let outcome = engine.apply(&[(position, signal)], now).unwrap();
     assert_eq!(outcome.future.len(), 1);
-    assert!(outcome.incidents.is_empty());
-    assert!(engine.incidents().unwrap().is_empty());
 }

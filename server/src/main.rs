@@ -3,6 +3,7 @@
 //! - `tidemark ingest`: a member of the ingest consumer group on Kafka.
 //! - `tidemark normalize FILE...`: decodes telemetry files offline and prints one normalized
 //!   signal per line, to check a feed before wiring it to Kafka.
+//! - `tidemark correlate`: a member of the correlator group on Kafka, with state in RocksDB.
 //! - `tidemark replay FILE...`: decodes and correlates telemetry files offline and prints the
 //!   incidents, for backfill and forensics.
 
@@ -17,9 +18,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tidemark_correlator::config::CorrelateConfig;
+use tidemark_correlator::engine::Engine;
+use tidemark_correlator::policy::Policy;
+use tidemark_correlator::state::RocksStore;
+use tidemark_correlator::worker::CorrelateWorker;
 use tidemark_ingest::config::IngestConfig;
 use tidemark_ingest::worker::IngestWorker;
 use tracing::{error, info};
@@ -39,8 +47,8 @@ struct Cli {
 enum Command {
     /// Consume raw telemetry topics and produce signals, image facts and dead letters.
     Ingest {
-        /// Configuration file (YAML); without it the defaults apply. `TIDEMARK_*` environment
-        /// variables override keys (`TIDEMARK_KAFKA__BROKERS=host:9092`).
+        /// Configuration file (YAML); without it the defaults apply. `TIDEMARK_INGEST__*`
+        /// environment variables override keys (`TIDEMARK_INGEST__KAFKA__BROKERS=host:9092`).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -59,6 +67,18 @@ enum Command {
         /// Cluster name for records that do not name their cluster.
         #[arg(long, default_value = "")]
         cluster: String,
+    },
+    /// Correlate the signals topic into incidents on Kafka, with state in RocksDB.
+    ///
+    /// Joins the correlator group on the signals topic, reads the whole image-facts topic, and
+    /// publishes every new incident version to the incidents topic (JSON, keyed by incident
+    /// id). State, consumed offsets and outputs are stored together; a restart resumes from
+    /// them and publishes nothing twice.
+    Correlate {
+        /// Configuration file (YAML); without it the defaults apply. `TIDEMARK_CORRELATE__*`
+        /// environment variables override keys (`TIDEMARK_CORRELATE__STATE__DIR=/data`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Decode and correlate telemetry files offline; print the final incidents.
     ///
@@ -110,6 +130,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }),
+        Command::Correlate { config } => run_correlate(config),
         Command::Replay {
             files,
             policy,
@@ -162,7 +183,38 @@ fn run_ingest(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Completes on SIGTERM or Ctrl-C.
+fn run_correlate(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = CorrelateConfig::load(config_path.as_deref(), tidemark_env()?)
+        .context("failed to load the correlate configuration")?;
+    let policy = match &config.state.policy {
+        Some(path) => Policy::load(path)?,
+        None => Policy::builtin()?,
+    };
+    if !policy.judges_images() {
+        info!("the policy approves no registry or digest: deployed images are not judged");
+    }
+    let dir = &config.state.dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("failed to create state directory `{}`", dir.display()))?;
+    let store = RocksStore::open(dir)
+        .with_context(|| format!("failed to open the state in `{}`", dir.display()))?;
+    let mut worker = CorrelateWorker::try_new(config, Engine::new(policy, store))
+        .context("failed to start the correlator")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    let stopper = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        runtime.block_on(shutdown_signal());
+        info!("stopping after the batch in progress");
+        stopper.store(true, Ordering::Relaxed);
+    });
+    worker.run(&stop).context("correlator stopped")?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The `TIDEMARK_*` environment variables, which override configuration keys. Other variables
 /// are not read, so a non-UTF-8 value elsewhere in the environment does no harm; a non-UTF-8
 /// `TIDEMARK_*` variable is an error rather than an override silently ignored.
@@ -180,6 +232,7 @@ fn tidemark_env() -> anyhow::Result<Vec<(String, String)>> {
     Ok(variables)
 }
 
+/// Completes on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
