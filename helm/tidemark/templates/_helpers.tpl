@@ -29,3 +29,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The correlate configuration file: `correlate.config`, with `state.policy` naming the
+ConfigMap's `policy.yaml` when `correlate.policy` is not empty. */}}
+{{- define "tidemark.correlateConfig" -}}
+{{- $config := deepCopy .Values.correlate.config -}}
+{{- if .Values.correlate.policy -}}
+{{- $_ := set $config.state "policy" "/etc/tidemark/policy.yaml" -}}
+{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
