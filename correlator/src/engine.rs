@@ -200,9 +200,14 @@ pub enum EngineError {
 }
 
 /// A write batch with reads that see its own pending writes.
+///
+/// Workload summaries, read and changed by nearly every signal, are kept decoded for the
+/// batch and serialized once, when the batch is finished ([`Overlay::finish`]).
 struct Overlay<'a, S> {
     store: &'a S,
     batch: StateBatch,
+    /// Decoded summaries (`None`: the workload has none), and whether each was changed.
+    summaries: BTreeMap<Vec<u8>, (Option<WorkloadSummary>, bool)>,
 }
 
 impl<S: StateStore> Overlay<'_, S> {
@@ -212,20 +217,67 @@ impl<S: StateStore> Overlay<'_, S> {
         key: &[u8],
         what: &'static str,
     ) -> Result<Option<T>, EngineError> {
-        let bytes = match self.batch.pending(family, key) {
-            Some(pending) => pending.map(<[u8]>::to_vec),
-            None => self.store.get(family, key)?,
+        let decode = |bytes: &[u8]| {
+            serde_json::from_slice(bytes).map_err(|source| EngineError::Corrupted { what, source })
         };
-        bytes
-            .map(|b| {
-                serde_json::from_slice(&b).map_err(|source| EngineError::Corrupted { what, source })
-            })
-            .transpose()
+        // A pending value is parsed where it lies, without a copy.
+        match self.batch.pending(family, key) {
+            Some(pending) => pending.map(decode).transpose(),
+            None => self
+                .store
+                .get(family, key)?
+                .as_deref()
+                .map(decode)
+                .transpose(),
+        }
     }
 
     fn put<T: Serialize>(&mut self, family: Family, key: Vec<u8>, value: &T) {
         let bytes = serde_json::to_vec(value).expect("state types serialize to JSON");
         self.batch.put(family, key, bytes);
+    }
+
+    /// Decodes the summary of workload `key` into the batch's cache, if it is not there yet.
+    fn load_summary(&mut self, key: &[u8]) -> Result<(), EngineError> {
+        if !self.summaries.contains_key(key) {
+            let summary = self.get(Family::Workloads, key, "workload summary")?;
+            self.summaries.insert(key.to_vec(), (summary, false));
+        }
+        Ok(())
+    }
+
+    /// The summary of a workload [`Overlay::load_summary`] loaded.
+    fn cached_summary(&self, key: &[u8]) -> Option<&WorkloadSummary> {
+        self.summaries
+            .get(key)
+            .and_then(|(summary, _)| summary.as_ref())
+    }
+
+    /// Takes the summary of workload `key` out of the cache, to change it and give it back with
+    /// [`Overlay::put_summary`].
+    fn take_summary(&mut self, key: &[u8]) -> Result<Option<WorkloadSummary>, EngineError> {
+        self.load_summary(key)?;
+        Ok(self
+            .summaries
+            .get_mut(key)
+            .and_then(|(summary, _)| summary.take()))
+    }
+
+    /// Gives a summary back to the cache; `changed` marks it to be written.
+    fn put_summary(&mut self, key: &[u8], summary: WorkloadSummary, changed: bool) {
+        let entry = self.summaries.entry(key.to_vec()).or_insert((None, false));
+        entry.0 = Some(summary);
+        entry.1 |= changed;
+    }
+
+    /// Writes the changed summaries into the batch and returns it.
+    fn finish(mut self) -> StateBatch {
+        for (key, (summary, changed)) in std::mem::take(&mut self.summaries) {
+            if let (Some(summary), true) = (summary, changed) {
+                self.put(Family::Workloads, key, &summary);
+            }
+        }
+        self.batch
     }
 
     fn scan(&self, family: Family, prefix: &[u8]) -> Result<Entries, EngineError> {
@@ -266,6 +318,7 @@ impl<S: StateStore> Engine<S> {
         let overlay = Overlay {
             store: &self.store,
             batch: StateBatch::default(),
+            summaries: BTreeMap::new(),
         };
         Ok(overlay
             .get::<Progress>(Family::Progress, &key, "progress")?
@@ -376,6 +429,7 @@ impl<S: StateStore> Engine<S> {
         let mut overlay = Overlay {
             store: &self.store,
             batch: StateBatch::default(),
+            summaries: BTreeMap::new(),
         };
         let mut outcome = Outcome::default();
         let mut progress: BTreeMap<(String, i32), Progress> = BTreeMap::new();
@@ -446,7 +500,7 @@ impl<S: StateStore> Engine<S> {
         Ok((
             outcome,
             Prepared {
-                batch: overlay.batch,
+                batch: overlay.finish(),
             },
         ))
     }
@@ -467,12 +521,13 @@ impl<S: StateStore> Engine<S> {
         let key = workload.key.clone().into_bytes();
         let findings = classify(signal, &self.policy);
         let images = signal_images(signal);
-        let mut summary: WorkloadSummary = overlay
-            .get(Family::Workloads, &key, "workload summary")?
-            .unwrap_or_else(|| WorkloadSummary {
-                workload: workload.clone(),
-                ..Default::default()
-            });
+        let mut summary: WorkloadSummary =
+            overlay
+                .take_summary(&key)?
+                .unwrap_or_else(|| WorkloadSummary {
+                    workload: workload.clone(),
+                    ..Default::default()
+                });
         let expiry = i64::try_from(
             (self.policy.correlation_window + self.policy.allowed_lateness).as_nanos(),
         )
@@ -487,6 +542,7 @@ impl<S: StateStore> Engine<S> {
         }
 
         let mut changed = false;
+        let mut omitted = false;
         // Remember the images the workload runs, and the workload as a user of each, so that a
         // suspicious push found later can reach it.
         if !matches!(signal.fact, Some(Fact::ContainerAccess(_))) {
@@ -549,7 +605,7 @@ impl<S: StateStore> Engine<S> {
                 // alone does not publish a new version, or a miner alerting every second would
                 // republish its whole chain every second.
                 summary.num_omitted += 1;
-                overlay.put(Family::Workloads, key.clone(), &summary);
+                omitted = true;
                 continue;
             }
             if summary.num_evidence == 0 || evidence.time_unix_nano < summary.first_unix_nano {
@@ -561,8 +617,8 @@ impl<S: StateStore> Engine<S> {
             overlay.put(Family::Evidence, evidence_key, &evidence);
             changed = true;
         }
+        overlay.put_summary(&key, summary, changed || omitted);
         if changed {
-            overlay.put(Family::Workloads, key.clone(), &summary);
             Ok(vec![key])
         } else {
             Ok(Vec::new())
@@ -624,6 +680,7 @@ impl<S: StateStore> Engine<S> {
         let mut pushes: Vec<Push> = overlay
             .get(Family::Images, &key, "image history")?
             .unwrap_or_default();
+        let findings_before = push_findings(&pushes);
         let actor = signal.actor.clone().unwrap_or_default();
         let raw = raw_ref(signal);
         if pushes
@@ -677,10 +734,16 @@ impl<S: StateStore> Engine<S> {
         if pushes.len() > 32 {
             pushes.drain(..pushes.len() - 32);
         }
+        let unchanged = push_findings(&pushes) == findings_before;
+        overlay.put(Family::Images, key.clone(), &pushes);
+        if unchanged {
+            // The chains of the tag's users derive their evidence from flagged pushes only:
+            // with the same flagged pushes, none of them changes.
+            return Ok(Vec::new());
+        }
         let users: BTreeSet<String> = overlay
             .get(Family::ImageUsers, &key, "image users")?
             .unwrap_or_default();
-        overlay.put(Family::Images, key, &pushes);
         Ok(users.into_iter().map(String::into_bytes).collect())
     }
 
@@ -697,6 +760,8 @@ impl<S: StateStore> Engine<S> {
         let window = i64::try_from(self.policy.correlation_window.as_nanos()).unwrap_or(i64::MAX);
         let mut pushes_linked: BTreeMap<RawRef, Evidence> = BTreeMap::new();
         let mut derived = Vec::new();
+        // The flagged pushes of each image, read once per rebuild: rollouts mostly share images.
+        let mut flagged: BTreeMap<&str, Vec<Push>> = BTreeMap::new();
         for rollout in &summary.rollouts {
             let images: Vec<&String> = if rollout.images.is_empty() {
                 summary.images.iter().collect()
@@ -705,10 +770,14 @@ impl<S: StateStore> Engine<S> {
             };
             let mut picked_up = Vec::new();
             for reference in images {
-                let pushes: Vec<Push> = overlay
-                    .get(Family::Images, reference.as_bytes(), "image history")?
-                    .unwrap_or_default();
-                for push in pushes {
+                if !flagged.contains_key(reference.as_str()) {
+                    let pushes: Vec<Push> = overlay
+                        .get(Family::Images, reference.as_bytes(), "image history")?
+                        .unwrap_or_default();
+                    let pushes = pushes.into_iter().filter(|p| p.finding.is_some()).collect();
+                    flagged.insert(reference.as_str(), pushes);
+                }
+                for push in flagged.get(reference.as_str()).into_iter().flatten() {
                     let Some(finding) = &push.finding else {
                         continue;
                     };
@@ -786,9 +855,8 @@ impl<S: StateStore> Engine<S> {
         overlay: &mut Overlay<'_, S>,
         key: &[u8],
     ) -> Result<Option<Incident>, EngineError> {
-        let Some(mut summary) =
-            overlay.get::<WorkloadSummary>(Family::Workloads, key, "workload summary")?
-        else {
+        overlay.load_summary(key)?;
+        let Some(summary) = overlay.cached_summary(key) else {
             return Ok(None);
         };
         let mut evidence: Vec<Evidence> = overlay
@@ -801,7 +869,7 @@ impl<S: StateStore> Engine<S> {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let derived = self.rollout_evidence(overlay, &summary, &evidence)?;
+        let derived = self.rollout_evidence(overlay, summary, &evidence)?;
         evidence.extend(derived);
         evidence.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         if !opens_incident(&evidence) {
@@ -812,10 +880,11 @@ impl<S: StateStore> Engine<S> {
             overlay.get(Family::Incidents, id.as_bytes(), "incident")?;
         let mut incident = build_incident(
             id.clone(),
-            &summary,
+            summary,
             evidence,
             previous.as_ref().map(|p| p.status),
         );
+        let linked = summary.incident_id.as_deref() == Some(id.as_str());
         if let Some(previous) = &previous {
             // The version counts the chain's evidence, which is the same whatever the delivery
             // order. Evidence can also leave a chain (a push re-judged, a rollout beyond the
@@ -830,9 +899,9 @@ impl<S: StateStore> Engine<S> {
             incident.version = incident.version.max(previous.version + 1);
         }
         overlay.put(Family::Incidents, id.clone().into_bytes(), &incident);
-        if summary.incident_id.as_deref() != Some(id.as_str()) {
+        if !linked && let Some(mut summary) = overlay.take_summary(key)? {
             summary.incident_id = Some(id);
-            overlay.put(Family::Workloads, key.to_vec(), &summary);
+            overlay.put_summary(key, summary, true);
         }
         Ok(Some(incident))
     }
@@ -1058,6 +1127,14 @@ fn signal_identity(signal: &Signal) -> String {
         "{}/{}/{}/{}/{}",
         raw.topic, raw.partition, raw.offset, raw.line, raw.index
     )
+}
+
+/// The flagged pushes of an image history, with what they were flagged for.
+fn push_findings(pushes: &[Push]) -> Vec<(RawRef, PushFinding)> {
+    pushes
+        .iter()
+        .filter_map(|p| p.finding.clone().map(|f| (p.raw.clone(), f)))
+        .collect()
 }
 
 /// Returns the progress of the partition `position` is on, loading it from the store on first
