@@ -21,7 +21,8 @@
 //! namespace or family of its own, placed at a random time; benign noise is single records of
 //! the benign scenario (rollouts by a trusted deployer, pushes by the CI account, an admin's
 //! `sh`, a busy `ffmpeg`, HTTPS to ordinary hosts) spread over the benign namespaces and the
-//! whole duration.
+//! whole duration, weighted as production telemetry is: node sensors 90% (Tetragon 60, Falco
+//! 30), Kubernetes audit 6%, registry pushes 4%.
 //!
 //! # Delivery
 //!
@@ -464,9 +465,19 @@ pub fn generate(options: &GenerateOptions) -> Result<Truth> {
     }
 
     let benign = Template::parse(BENIGN)?;
+    let weights = benign_weights(&benign);
+    let total_weight: u64 = weights.iter().sum();
     let benign_records = options.events - attack_records_written;
     for _ in 0..benign_records {
-        let pick = usize::try_from(rng.between(0, benign.records.len() as u64 - 1)).unwrap_or(0);
+        let mut draw = rng.between(0, total_weight - 1);
+        let pick = weights
+            .iter()
+            .position(|&w| {
+                let hit = draw < w;
+                draw = draw.saturating_sub(w);
+                hit
+            })
+            .unwrap_or(0);
         let (source, record) = &benign.records[pick];
         let namespace = format!(
             "team-{:04}",
@@ -527,6 +538,32 @@ pub fn generate(options: &GenerateOptions) -> Result<Truth> {
     })?;
     std::fs::write(&path, text + "\n").map_err(|source| Error::Io { path, source })?;
     Ok(truth)
+}
+
+/// Share of benign records per source, in percent: node sensors report every process and
+/// connection, while control-plane writes and registry pushes are rare, as in a production
+/// cluster's telemetry.
+fn source_share(source: Source) -> u64 {
+    match source {
+        Source::Tetragon => 60,
+        Source::Falco => 30,
+        Source::K8sAudit => 6,
+        Source::Harbor | Source::Distribution => 4,
+        Source::CloudTrail | Source::EventBridge => 2,
+    }
+}
+
+/// The weight of each benign template record: its source's share, split among the source's
+/// records (scaled so that every record keeps a non-zero weight).
+fn benign_weights(benign: &Template) -> Vec<u64> {
+    benign
+        .records
+        .iter()
+        .map(|(source, _)| {
+            let siblings = benign.records.iter().filter(|(s, _)| s == source).count() as u64;
+            (source_share(*source) * 1_000 / siblings.max(1)).max(1)
+        })
+        .collect()
 }
 
 /// How many records `attacks` attack chains take.
