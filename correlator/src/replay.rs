@@ -45,13 +45,18 @@ pub fn replay<S: StateStore>(
     signals: Vec<Signal>,
     now_unix_nano: i64,
 ) -> Result<ReplayReport, EngineError> {
+    // Ties in event time are broken by the signal's content without its raw pointer and ingest
+    // time, which differ between deliveries of the same record: encoded with both set aside,
+    // rather than from a copy of the signal.
     let mut keyed: Vec<(i64, Vec<u8>, Signal)> = signals
         .into_iter()
-        .map(|signal| {
-            let mut content = signal.clone();
-            content.raw = None;
-            content.ingest_time_unix_nano = 0;
-            (signal.event_time_unix_nano, content.encode_to_vec(), signal)
+        .map(|mut signal| {
+            let raw = signal.raw.take();
+            let ingest_time = std::mem::take(&mut signal.ingest_time_unix_nano);
+            let content = signal.encode_to_vec();
+            signal.raw = raw;
+            signal.ingest_time_unix_nano = ingest_time;
+            (signal.event_time_unix_nano, content, signal)
         })
         .collect();
     keyed.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
