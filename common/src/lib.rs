@@ -1,10 +1,11 @@
 //! tidemark common: the small, domain-free pieces every role shares.
 //!
-//! Today that is configuration loading ([`config`]): one YAML file per role, overridden from
-//! the environment with a per-role prefix, then deserialized into the role's own typed
-//! configuration, which refuses unknown keys. Nothing here knows about signals, incidents or
-//! Kafka semantics.
+//! Configuration loading ([`config`]): one YAML file per role, overridden from the environment
+//! with a per-role prefix, then deserialized into the role's own typed configuration, which
+//! refuses unknown keys. Calendar arithmetic for UTC timestamps ([`time`]). Nothing here knows
+//! about signals, incidents or Kafka semantics.
 
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod time;
