@@ -42,24 +42,26 @@ pub struct ReplayReport {
 /// Returns [`EngineError`] when the state store fails or holds corrupted state.
 pub fn replay<S: StateStore>(
     engine: &Engine<S>,
-    signals: Vec<Signal>,
+    mut signals: Vec<Signal>,
     now_unix_nano: i64,
 ) -> Result<ReplayReport, EngineError> {
     // Ties in event time are broken by the signal's content without its raw pointer and ingest
-    // time, which differ between deliveries of the same record: encoded with both set aside,
-    // rather than from a copy of the signal.
-    let mut keyed: Vec<(i64, Vec<u8>, Signal)> = signals
-        .into_iter()
-        .map(|mut signal| {
+    // time, which differ between deliveries of the same record. Only the sort keys move; each
+    // signal is taken from its place when its batch is applied, so no second copy of the input
+    // is ever built.
+    let mut order: Vec<(i64, Vec<u8>, usize)> = signals
+        .iter_mut()
+        .enumerate()
+        .map(|(index, signal)| {
             let raw = signal.raw.take();
             let ingest_time = std::mem::take(&mut signal.ingest_time_unix_nano);
             let content = signal.encode_to_vec();
             signal.raw = raw;
             signal.ingest_time_unix_nano = ingest_time;
-            (signal.event_time_unix_nano, content, signal)
+            (signal.event_time_unix_nano, content, index)
         })
         .collect();
-    keyed.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    order.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     // Each replay into a store is a partition of its own, with its own watermark: a later
     // replay of older files is not late, it fills in history. Evidence already in the store
     // (the same records replayed again) is recognized and not added twice.
@@ -67,25 +69,37 @@ pub fn replay<S: StateStore>(
     while engine.next_offset(REPLAY_TOPIC, partition)?.is_some() {
         partition += 1;
     }
-    let inputs: Vec<(Position, Signal)> = keyed
-        .into_iter()
-        .zip(0..)
-        .map(|((_, _, signal), offset)| {
-            let position = Position {
-                topic: REPLAY_TOPIC.to_owned(),
-                partition,
-                offset,
-            };
-            (position, signal)
-        })
-        .collect();
     let mut report = ReplayReport::default();
-    for batch in inputs.chunks(BATCH_SIZE) {
-        let outcome = engine.apply(batch, now_unix_nano)?;
-        report.num_applied += outcome.num_applied;
-        report.future.extend(outcome.future);
-        report.late.extend(outcome.late);
+    let mut batch = Vec::with_capacity(BATCH_SIZE);
+    for (offset, (_, _, index)) in (0..).zip(order) {
+        let position = Position {
+            topic: REPLAY_TOPIC.to_owned(),
+            partition,
+            offset,
+        };
+        batch.push((position, std::mem::take(&mut signals[index])));
+        if batch.len() == BATCH_SIZE {
+            apply_batch(engine, &batch, now_unix_nano, &mut report)?;
+            batch.clear();
+        }
     }
+    apply_batch(engine, &batch, now_unix_nano, &mut report)?;
     report.incidents = engine.incidents()?;
     Ok(report)
+}
+
+fn apply_batch<S: StateStore>(
+    engine: &Engine<S>,
+    batch: &[(Position, Signal)],
+    now_unix_nano: i64,
+    report: &mut ReplayReport,
+) -> Result<(), EngineError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let outcome = engine.apply(batch, now_unix_nano)?;
+    report.num_applied += outcome.num_applied;
+    report.future.extend(outcome.future);
+    report.late.extend(outcome.late);
+    Ok(())
 }
