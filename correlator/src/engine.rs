@@ -208,6 +208,11 @@ struct Overlay<'a, S> {
     batch: StateBatch,
     /// Decoded summaries (`None`: the workload has none), and whether each was changed.
     summaries: BTreeMap<Vec<u8>, (Option<WorkloadSummary>, bool)>,
+    /// Decoded evidence of the chains read in this batch, by chain prefix, kept current as
+    /// evidence is added (the evidence itself is written to the batch as it comes).
+    chains: BTreeMap<Vec<u8>, Vec<Evidence>>,
+    /// Decoded incidents read in this batch (`None`: none yet), and whether each was changed.
+    incidents: BTreeMap<String, (Option<Incident>, bool)>,
 }
 
 impl<S: StateStore> Overlay<'_, S> {
@@ -270,11 +275,78 @@ impl<S: StateStore> Overlay<'_, S> {
         entry.1 |= changed;
     }
 
-    /// Writes the changed summaries into the batch and returns it.
+    /// Decodes the evidence of the chain under `prefix` into the batch's cache, if it is not
+    /// there yet.
+    fn load_chain(&mut self, prefix: &[u8]) -> Result<(), EngineError> {
+        if !self.chains.contains_key(prefix) {
+            let evidence = self
+                .scan(Family::Evidence, prefix)?
+                .into_iter()
+                .map(|(_, v)| {
+                    serde_json::from_slice(&v).map_err(|source| EngineError::Corrupted {
+                        what: "evidence",
+                        source,
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            self.chains.insert(prefix.to_vec(), evidence);
+        }
+        Ok(())
+    }
+
+    /// The evidence of a chain [`Overlay::load_chain`] loaded.
+    fn cached_chain(&self, prefix: &[u8]) -> &[Evidence] {
+        self.chains.get(prefix).map_or(&[], Vec::as_slice)
+    }
+
+    /// Stores one piece of evidence of the chain under `prefix` at `key`.
+    fn put_evidence(&mut self, prefix: &[u8], key: Vec<u8>, evidence: Evidence) {
+        self.put(Family::Evidence, key, &evidence);
+        if let Some(chain) = self.chains.get_mut(prefix) {
+            chain.push(evidence);
+        }
+    }
+
+    /// Deletes every piece of evidence of the chain under `prefix`.
+    fn delete_chain(&mut self, prefix: &[u8]) -> Result<(), EngineError> {
+        for (evidence_key, _) in self.scan(Family::Evidence, prefix)? {
+            self.batch.delete(Family::Evidence, evidence_key);
+        }
+        self.chains.insert(prefix.to_vec(), Vec::new());
+        Ok(())
+    }
+
+    /// Decodes incident `id` into the batch's cache, if it is not there yet.
+    fn load_incident(&mut self, id: &str) -> Result<(), EngineError> {
+        if !self.incidents.contains_key(id) {
+            let incident = self.get(Family::Incidents, id.as_bytes(), "incident")?;
+            self.incidents.insert(id.to_owned(), (incident, false));
+        }
+        Ok(())
+    }
+
+    /// An incident [`Overlay::load_incident`] loaded.
+    fn cached_incident(&self, id: &str) -> Option<&Incident> {
+        self.incidents
+            .get(id)
+            .and_then(|(incident, _)| incident.as_ref())
+    }
+
+    /// Sets incident `id`, to be written when the batch is finished.
+    fn put_incident(&mut self, id: String, incident: Incident) {
+        self.incidents.insert(id, (Some(incident), true));
+    }
+
+    /// Writes the changed summaries and incidents into the batch and returns it.
     fn finish(mut self) -> StateBatch {
         for (key, (summary, changed)) in std::mem::take(&mut self.summaries) {
             if let (Some(summary), true) = (summary, changed) {
                 self.put(Family::Workloads, key, &summary);
+            }
+        }
+        for (id, (incident, changed)) in std::mem::take(&mut self.incidents) {
+            if let (Some(incident), true) = (incident, changed) {
+                self.put(Family::Incidents, id.into_bytes(), &incident);
             }
         }
         self.batch
@@ -319,6 +391,8 @@ impl<S: StateStore> Engine<S> {
             store: &self.store,
             batch: StateBatch::default(),
             summaries: BTreeMap::new(),
+            chains: BTreeMap::new(),
+            incidents: BTreeMap::new(),
         };
         Ok(overlay
             .get::<Progress>(Family::Progress, &key, "progress")?
@@ -430,6 +504,8 @@ impl<S: StateStore> Engine<S> {
             store: &self.store,
             batch: StateBatch::default(),
             summaries: BTreeMap::new(),
+            chains: BTreeMap::new(),
+            incidents: BTreeMap::new(),
         };
         let mut outcome = Outcome::default();
         let mut progress: BTreeMap<(String, i32), Progress> = BTreeMap::new();
@@ -614,7 +690,8 @@ impl<S: StateStore> Engine<S> {
             summary.last_unix_nano = summary.last_unix_nano.max(evidence.time_unix_nano);
             summary.num_evidence += 1;
             summary.stages.insert(evidence.stage.clone());
-            overlay.put(Family::Evidence, evidence_key, &evidence);
+            let prefix = chain_prefix(&key, summary.generation);
+            overlay.put_evidence(&prefix, evidence_key, evidence);
             changed = true;
         }
         overlay.put_summary(&key, summary, changed || omitted);
@@ -649,10 +726,7 @@ impl<S: StateStore> Engine<S> {
         key: &[u8],
         summary: &mut WorkloadSummary,
     ) -> Result<(), EngineError> {
-        let prefix = chain_prefix(key, summary.generation);
-        for (evidence_key, _) in overlay.scan(Family::Evidence, &prefix)? {
-            overlay.batch.delete(Family::Evidence, evidence_key);
-        }
+        overlay.delete_chain(&chain_prefix(key, summary.generation))?;
         *summary = WorkloadSummary {
             workload: summary.workload.clone(),
             generation: summary.generation + 1,
@@ -856,36 +930,31 @@ impl<S: StateStore> Engine<S> {
         key: &[u8],
     ) -> Result<Option<Incident>, EngineError> {
         overlay.load_summary(key)?;
+        let Some(generation) = overlay.cached_summary(key).map(|s| s.generation) else {
+            return Ok(None);
+        };
+        let prefix = chain_prefix(key, generation);
+        overlay.load_chain(&prefix)?;
         let Some(summary) = overlay.cached_summary(key) else {
             return Ok(None);
         };
-        let mut evidence: Vec<Evidence> = overlay
-            .scan(Family::Evidence, &chain_prefix(key, summary.generation))?
-            .into_iter()
-            .map(|(_, v)| {
-                serde_json::from_slice(&v).map_err(|source| EngineError::Corrupted {
-                    what: "evidence",
-                    source,
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        let derived = self.rollout_evidence(overlay, summary, &evidence)?;
-        evidence.extend(derived);
+        let stored = overlay.cached_chain(&prefix);
+        let derived = self.rollout_evidence(overlay, summary, stored)?;
+        let mut evidence: Vec<Evidence> = stored.iter().cloned().chain(derived).collect();
         evidence.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         if !opens_incident(&evidence) {
             return Ok(None);
         }
         let id = incident_id(&summary.workload.key, summary.generation);
-        let previous: Option<Incident> =
-            overlay.get(Family::Incidents, id.as_bytes(), "incident")?;
-        let mut incident = build_incident(
-            id.clone(),
-            summary,
-            evidence,
-            previous.as_ref().map(|p| p.status),
-        );
         let linked = summary.incident_id.as_deref() == Some(id.as_str());
-        if let Some(previous) = &previous {
+        overlay.load_incident(&id)?;
+        let Some(summary) = overlay.cached_summary(key) else {
+            return Ok(None);
+        };
+        let previous = overlay.cached_incident(&id);
+        let mut incident =
+            build_incident(id.clone(), summary, evidence, previous.map(|p| p.status));
+        if let Some(previous) = previous {
             // The version counts the chain's evidence, which is the same whatever the delivery
             // order. Evidence can also leave a chain (a push re-judged, a rollout beyond the
             // cap): a changed incident then still gets a higher version, never a reused one.
@@ -898,7 +967,7 @@ impl<S: StateStore> Engine<S> {
             }
             incident.version = incident.version.max(previous.version + 1);
         }
-        overlay.put(Family::Incidents, id.clone().into_bytes(), &incident);
+        overlay.put_incident(id.clone(), incident.clone());
         if !linked && let Some(mut summary) = overlay.take_summary(key)? {
             summary.incident_id = Some(id);
             overlay.put_summary(key, summary, true);
