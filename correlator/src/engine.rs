@@ -610,11 +610,16 @@ impl<S: StateStore> Engine<S> {
         .unwrap_or(i64::MAX);
         let active = summary.num_evidence > 0 || !summary.rollouts.is_empty();
         let idle = active && summary.last_unix_nano < watermark.saturating_sub(expiry);
+        // Whatever changes the summary is stored, so that later signals read what is stored,
+        // in this batch or the next: results must not depend on where batches are cut.
+        let mut touched = false;
         if idle {
             self.expire(overlay, &key, &mut summary)?;
+            touched = true;
         }
         if summary.workload.kind.is_empty() && !workload.kind.is_empty() {
             summary.workload.kind = workload.kind.clone();
+            touched = true;
         }
 
         let mut changed = false;
@@ -694,7 +699,7 @@ impl<S: StateStore> Engine<S> {
             overlay.put_evidence(&prefix, evidence_key, evidence);
             changed = true;
         }
-        overlay.put_summary(&key, summary, changed || omitted);
+        overlay.put_summary(&key, summary, changed || omitted || touched);
         if changed {
             Ok(vec![key])
         } else {

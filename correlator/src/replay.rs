@@ -46,9 +46,9 @@ pub fn replay<S: StateStore>(
     now_unix_nano: i64,
 ) -> Result<ReplayReport, EngineError> {
     // Ties in event time are broken by the signal's content without its raw pointer and ingest
-    // time, which differ between deliveries of the same record. Only the sort keys move; each
-    // signal is taken from its place when its batch is applied, so no second copy of the input
-    // is ever built.
+    // time, which differ between deliveries of the same record. Only the sort keys (that
+    // encoding and the signal's index) are sorted; each signal is taken from its place when its
+    // batch is applied, so the signals themselves are never copied.
     let mut order: Vec<(i64, Vec<u8>, usize)> = signals
         .iter_mut()
         .enumerate()
