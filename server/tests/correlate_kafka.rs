@@ -11,8 +11,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
@@ -122,19 +125,33 @@ fn cluster_with_signals(
 }
 
 /// A running `tidemark correlate`, killed (SIGKILL) when dropped, so that a failing test leaves
-/// no process behind.
-struct Correlator(Child);
+/// no process behind. Its log lines are passed on to the test's standard error.
+struct Correlator {
+    child: Child,
+    /// Set once the process logs that the group assigned it its signals partitions.
+    assigned: Arc<AtomicBool>,
+}
 
 impl Correlator {
     /// Kills the process at once, as a crash or an OOM kill would.
     fn kill(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     fn assert_running(&mut self) {
-        if let Some(status) = self.0.try_wait().unwrap() {
+        if let Some(status) = self.child.try_wait().unwrap() {
             panic!("the correlator exited: {status}");
+        }
+    }
+
+    /// Waits until the group has assigned the process its partitions.
+    fn wait_until_assigned(&mut self) {
+        let started = Instant::now();
+        while !self.assigned.load(Ordering::Relaxed) {
+            self.assert_running();
+            assert!(started.elapsed() < TIMEOUT, "the group assigned nothing");
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
@@ -142,8 +159,8 @@ impl Correlator {
 impl Drop for Correlator {
     fn drop(&mut self) {
         // Already dead when the test killed it: nothing left to do.
-        if self.0.kill().is_ok() {
-            self.0.wait().ok();
+        if self.child.kill().is_ok() {
+            self.child.wait().ok();
         }
     }
 }
@@ -157,11 +174,12 @@ fn start_correlator(brokers: &str, state: &Path) -> Correlator {
 /// Starts `tidemark correlate` as [`start_correlator`] does, in consumer group `group`.
 fn start_correlator_in(brokers: &str, state: &Path, group: &str) -> Correlator {
     let policy = repo("config/policy.example.yaml");
-    let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
         .arg("correlate")
         .env(
             "TIDEMARK_LOG",
-            std::env::var("CORRELATE_TEST_LOG").unwrap_or("warn".into()),
+            std::env::var("CORRELATE_TEST_LOG")
+                .unwrap_or("warn,tidemark_correlator::worker=info".into()),
         )
         .env("TIDEMARK_CORRELATE__KAFKA__BROKERS", brokers)
         .env("TIDEMARK_CORRELATE__KAFKA__GROUP_ID", group)
@@ -177,9 +195,21 @@ fn start_correlator_in(brokers: &str, state: &Path, group: &str) -> Correlator {
         .env("TIDEMARK_CORRELATE__LIMITS__POLL_TIMEOUT_MS", "20")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    Correlator(child)
+    let assigned = Arc::new(AtomicBool::new(false));
+    let stderr = child.stderr.take().unwrap();
+    let flag = Arc::clone(&assigned);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("signals partitions assigned") {
+                flag.store(true, Ordering::Relaxed);
+            }
+            eprintln!("correlator: {line}");
+        }
+    });
+    Correlator { child, assigned }
 }
 
 fn consumer(brokers: &str, group: &str) -> BaseConsumer {
@@ -192,7 +222,8 @@ fn consumer(brokers: &str, group: &str) -> BaseConsumer {
         .unwrap()
 }
 
-/// Returns how many signals the correlator group has committed, and how many there are.
+/// Returns how many signals the correlator group has committed, and how many there are (or,
+/// when the cluster does not answer in time, nothing done of an unknown total).
 fn progress(brokers: &str) -> (i64, i64) {
     let consumer = consumer(brokers, GROUP);
     let mut partitions = TopicPartitionList::new();
@@ -205,9 +236,10 @@ fn progress(brokers: &str) -> (i64, i64) {
     let mut done = 0;
     let mut total = 0;
     for partition in 0..SIGNAL_PARTITIONS {
-        let (_, high) = consumer
-            .fetch_watermarks(SIGNALS, partition, Duration::from_secs(5))
-            .unwrap();
+        let Ok((_, high)) = consumer.fetch_watermarks(SIGNALS, partition, Duration::from_secs(5))
+        else {
+            return (0, i64::MAX);
+        };
         total += high;
         done += committed
             .find_partition(SIGNALS, partition)
@@ -395,7 +427,8 @@ fn correlate_publishes_each_scenario_incident_and_a_restart_publishes_nothing_ag
     // committed offsets (a renamed group, or offsets expired by the broker's retention):
     // nothing is published again.
     let mut correlator = start_correlator_in(&brokers, state.path(), "tidemark-correlate-renamed");
-    std::thread::sleep(Duration::from_secs(8));
+    correlator.wait_until_assigned();
+    std::thread::sleep(Duration::from_secs(2));
     correlator.assert_running();
     correlator.kill();
     assert_eq!(
@@ -437,18 +470,21 @@ fn killing_the_correlator_at_arbitrary_points_leaves_the_incidents_of_an_uninter
     let brokers = crashed.bootstrap_servers();
     let state = tempfile::tempdir().unwrap();
     let mut random = SplitMix(0x7469_6465_6d61_726b);
-    let mut done = 0;
     let mut kills = 0;
     while kills < 4 && !caught_up(&brokers) {
         // Each life ends at a random moment after it stored at least one more batch: while it
         // computes, writes RocksDB, produces, or waits for acknowledgements.
+        let done = progress(&brokers).0;
         let mut correlator = start_correlator(&brokers, state.path());
-        done = wait_for_progress(&brokers, &mut correlator, done);
+        let now = wait_for_progress(&brokers, &mut correlator, done);
         let delay = Duration::from_millis(random.next() % 400);
         std::thread::sleep(delay);
-        eprintln!("killing the correlator {delay:?} after {done} signals were committed");
+        eprintln!("killing the correlator {delay:?} after {now} signals were committed");
         correlator.kill();
         kills += 1;
+        // As an orchestrator does, restart after a pause: a produce request the killed process
+        // had already written reaches the broker before its successor reads the topics back.
+        std::thread::sleep(Duration::from_millis(300));
     }
     run_to_end(&brokers, state.path());
 
