@@ -64,6 +64,14 @@ const TEMPLATE_FAMILY: &str = "payments";
 /// The AWS account and region of the ECS scenario.
 const ECS_ACCOUNT_REGION: &str = "111122223333/us-east-1";
 
+/// Longest period generated: ten years.
+const MAX_DURATION_SECS: u64 = 10 * 366 * 86_400;
+/// Earliest and latest start, nanoseconds since the epoch (1971-01-01 to 2200-01-01): every
+/// shifted timestamp stays far inside `i64` nanoseconds.
+const START_RANGE: (i64, i64) = (31_536_000 * NANOS_PER_SEC, 7_258_118_400 * NANOS_PER_SEC);
+/// Most attack chains in one run.
+const MAX_ATTACKS: u32 = 1_000_000;
+
 /// The attack patterns of the design, each from its scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pattern {
@@ -247,6 +255,22 @@ impl GenerateOptions {
                 "`--duration` must be at least {TEMPLATE_SPAN_SECS}s: an attack chain spans up to an hour"
             )));
         }
+        if self.duration_secs > MAX_DURATION_SECS {
+            return Err(Error::Invalid(format!(
+                "`--duration` must be at most {MAX_DURATION_SECS}s (ten years)"
+            )));
+        }
+        let (earliest, latest) = START_RANGE;
+        if !(earliest..=latest).contains(&self.start_unix_nano) {
+            return Err(Error::Invalid(
+                "`--start` must be between 1971 and 2200".to_owned(),
+            ));
+        }
+        if self.attacks > MAX_ATTACKS {
+            return Err(Error::Invalid(format!(
+                "`--attacks` must be at most {MAX_ATTACKS}"
+            )));
+        }
         if self.namespaces == 0 {
             return Err(Error::Invalid(
                 "`--namespaces` must be at least 1".to_owned(),
@@ -338,9 +362,16 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    /// A number in `low..=high`.
+    /// A number in `low..=high` (`low` when `high` is not above it).
     pub fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next_u64() % (high - low + 1)
+        if high <= low {
+            return low;
+        }
+        match (high - low).checked_add(1) {
+            Some(width) => low + self.next_u64() % width,
+            // The whole range of u64.
+            None => self.next_u64(),
+        }
     }
 
     fn uuid(&mut self) -> String {
@@ -637,7 +668,7 @@ fn place(value: &mut Value, key: Option<&str>, placement: &mut Placement<'_>, rn
             }
             Some("occur_at") => {
                 if let Some(seconds) = number.as_i64() {
-                    *value = Value::from(seconds + placement.shift_nano / NANOS_PER_SEC);
+                    *value = Value::from(seconds + placement.shift_nano.div_euclid(NANOS_PER_SEC));
                 }
             }
             _ => {}

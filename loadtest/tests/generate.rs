@@ -174,4 +174,10 @@ fn too_few_events_for_the_attacks_are_refused() {
     options.events = 3_000;
     options.duration_secs = 60;
     assert!(generate(&options).is_err());
+    options.duration_secs = u64::MAX;
+    assert!(generate(&options).is_err());
+    options.duration_secs = 4 * 3_600;
+    options.start_unix_nano = i64::MAX - 1;
+    let error = generate(&options).unwrap_err();
+    assert!(error.to_string().contains("`--start`"), "{error}");
 }
