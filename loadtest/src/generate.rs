@@ -475,9 +475,8 @@ pub fn generate(options: &GenerateOptions) -> Result<Truth> {
                 words: &words,
                 uuids: &mut uuids,
             };
-            let mut copy = record.clone();
-            place(&mut copy, None, &mut placement, &mut rng);
-            let event_nano = event_time(&copy).unwrap_or(offset + template_start);
+            let (copy, event_nano) =
+                placed_copy(record, &mut placement, offset + template_start, &mut rng);
             times.push(event_nano);
             emit(&mut rng, *source, event_nano, &copy);
             attack_records_written += 1;
@@ -523,9 +522,8 @@ pub fn generate(options: &GenerateOptions) -> Result<Truth> {
             words: &words,
             uuids: &mut uuids,
         };
-        let mut copy = record.clone();
-        place(&mut copy, None, &mut placement, &mut rng);
-        let event_nano = event_time(&copy).unwrap_or(offset + template_start);
+        let (copy, event_nano) =
+            placed_copy(record, &mut placement, offset + template_start, &mut rng);
         emit(&mut rng, *source, event_nano, &copy);
     }
 
@@ -638,6 +636,20 @@ fn event_time(record: &Value) -> Option<i64> {
         .get("occur_at")
         .and_then(Value::as_i64)
         .map(|seconds| seconds * NANOS_PER_SEC)
+}
+
+/// Returns a placed copy of a template record and its event time (`fallback_nano` for a record
+/// whose time field is missing).
+fn placed_copy(
+    record: &Value,
+    placement: &mut Placement<'_>,
+    fallback_nano: i64,
+    rng: &mut Rng,
+) -> (Value, i64) {
+    let mut copy = record.clone();
+    place(&mut copy, None, placement, rng);
+    let event_nano = event_time(&copy).unwrap_or(fallback_nano);
+    (copy, event_nano)
 }
 
 /// Makes one copy of a record real: shifts its times, replaces its UUIDs and identity words.
