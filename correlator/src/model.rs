@@ -190,17 +190,7 @@ pub struct Incident {
 
 /// Formats nanoseconds since the epoch as RFC 3339 with millisecond precision, UTC.
 pub fn format_rfc3339(unix_nano: i64) -> String {
-    let seconds = unix_nano.div_euclid(1_000_000_000);
-    let millis = unix_nano.rem_euclid(1_000_000_000) / 1_000_000;
-    let days = seconds.div_euclid(86_400);
-    let second_of_day = seconds.rem_euclid(86_400);
-    let (year, month, day) = tidemark_common::time::civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60
-    )
+    tidemark_common::time::format_rfc3339(unix_nano, 3)
 }
 
 /// Formats the time of day, `HH:MM:SS` UTC, for summaries.

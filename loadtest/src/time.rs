@@ -1,14 +1,12 @@
-//! UTC timestamps as the sources write them: RFC 3339 with `Z` and any number of fractional
-//! digits (`2026-11-20T02:04:02.118402000Z`, `2026-11-20T02:05:48Z`), and nanoseconds since the
-//! epoch.
+//! UTC timestamps as the sources write them, so that a shifted copy is written the same way:
+//! RFC 3339 with `Z` and any number of fractional digits (`2026-11-20T02:04:02.118402000Z`,
+//! `2026-11-20T02:05:48Z`), and Falco's time of day. Parsing and formatting are
+//! [`tidemark_common::time`]'s; this module keeps track of how a timestamp was written.
 
-use tidemark_common::time::{civil_from_days, days_from_civil};
-
-/// Nanoseconds in one second.
-pub const NANOS_PER_SEC: i64 = 1_000_000_000;
+pub use tidemark_common::time::{NANOS_PER_SEC, format_rfc3339};
 
 /// A parsed RFC 3339 UTC timestamp: the instant, and how many fractional digits it was written
-/// with, so that a shifted copy is written the same way.
+/// with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timestamp {
     /// Nanoseconds since the epoch.
@@ -17,72 +15,22 @@ pub struct Timestamp {
     pub digits: usize,
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.f…]Z`; anything else (other offsets included) is `None`.
+/// Parses `YYYY-MM-DDTHH:MM:SS[.f…]Z` with at most 9 fractional digits; anything else (other
+/// offsets, other separators, surrounding text) is `None`, since it could not be written back
+/// the same way.
 pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
-    let bytes = text.as_bytes();
-    if bytes.len() < 20 || bytes[bytes.len() - 1] != b'Z' {
-        return None;
-    }
-    let punctuation = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
-    if punctuation.iter().any(|&(i, c)| bytes[i] != c) {
-        return None;
-    }
-    let number = |range: std::ops::Range<usize>| -> Option<i64> {
-        let part = &text[range];
-        part.bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| part.parse().ok())?
+    let fraction = text.strip_suffix('Z')?.get(19..)?;
+    let digits = match fraction.strip_prefix('.') {
+        Some(digits) if (1..=9).contains(&digits.len()) => digits.len(),
+        Some(_) => return None,
+        None if fraction.is_empty() => 0,
+        None => return None,
     };
-    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
-    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+    if text.as_bytes().get(10) != Some(&b'T') || text.trim() != text {
         return None;
     }
-    if second > 60 {
-        return None;
-    }
-    let rest = &text[19..text.len() - 1];
-    let (nanos, digits) = if rest.is_empty() {
-        (0, 0)
-    } else {
-        let fraction = rest.strip_prefix('.')?;
-        if fraction.is_empty()
-            || fraction.len() > 9
-            || !fraction.bytes().all(|b| b.is_ascii_digit())
-        {
-            return None;
-        }
-        let scale = 10_i64.pow(u32::try_from(9 - fraction.len()).ok()?);
-        (fraction.parse::<i64>().ok()? * scale, fraction.len())
-    };
-    let days = days_from_civil(year, month, day);
-    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
-    Some(Timestamp {
-        unix_nano: seconds * NANOS_PER_SEC + nanos,
-        digits,
-    })
-}
-
-/// Writes `unix_nano` as RFC 3339 UTC with `digits` fractional digits (truncated).
-pub fn format_rfc3339(unix_nano: i64, digits: usize) -> String {
-    let seconds = unix_nano.div_euclid(NANOS_PER_SEC);
-    let nanos = unix_nano.rem_euclid(NANOS_PER_SEC);
-    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
-    let of_day = seconds.rem_euclid(86_400);
-    let mut text = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        of_day / 3_600,
-        of_day % 3_600 / 60,
-        of_day % 60
-    );
-    let digits = digits.min(9);
-    if digits > 0 {
-        let fraction = format!("{nanos:09}");
-        text.push('.');
-        text.push_str(&fraction[..digits]);
-    }
-    text.push('Z');
-    text
+    let unix_nano = tidemark_common::time::parse_rfc3339(text)?;
+    Some(Timestamp { unix_nano, digits })
 }
 
 /// Writes the time of day of `unix_nano` as Falco prints it in `output`: `HH:MM:SS.nnnnnnnnn`.

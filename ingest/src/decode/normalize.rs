@@ -308,73 +308,7 @@ pub(crate) fn container_workload(cluster: &str, id: &str) -> WorkloadKey {
     }
 }
 
-/// Parses an RFC 3339 timestamp (`2023-05-25T13:44:05.478445995Z`,
-/// `2016-03-09T14:44:26.402973972-08:00`) into nanoseconds since the Unix epoch.
-pub(crate) fn parse_rfc3339(raw: &str) -> Option<i64> {
-    let b = raw.trim().as_bytes();
-    if b.len() < 20 {
-        return None;
-    }
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let digits = b.get(range)?;
-        let mut value = 0i64;
-        for &d in digits {
-            if !d.is_ascii_digit() {
-                return None;
-            }
-            value = value * 10 + i64::from(d - b'0');
-        }
-        Some(value)
-    };
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' {
-        return None;
-    }
-    if b[16] != b':' {
-        return None;
-    }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-        return None;
-    }
-    if second > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut nanos = 0i64;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            if i - start < 9 {
-                nanos = nanos * 10 + i64::from(b[i] - b'0');
-            }
-            i += 1;
-        }
-        let num_digits = i - start;
-        if num_digits == 0 {
-            return None;
-        }
-        for _ in num_digits..9 {
-            nanos *= 10;
-        }
-    }
-    let offset_seconds = match b.get(i)? {
-        b'Z' | b'z' if i + 1 == b.len() => 0,
-        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
-            let minutes = num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?;
-            if *sign == b'+' {
-                minutes * 60
-            } else {
-                -minutes * 60
-            }
-        }
-        _ => return None,
-    };
-    let days = tidemark_common::time::days_from_civil(year, month, day);
-    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_seconds;
-    seconds.checked_mul(1_000_000_000)?.checked_add(nanos)
-}
+pub(crate) use tidemark_common::time::parse_rfc3339;
 
 /// Converts whole seconds since the epoch to nanoseconds, rejecting values out of range.
 pub(crate) fn seconds_to_nanos(seconds: i64) -> Option<i64> {
@@ -590,25 +524,5 @@ mod tests {
         assert_eq!(key.kind, "Deployment");
         assert_eq!(key.name, "nginx-deployment");
         assert_eq!(key.resolution, WorkloadResolution::Explicit as i32);
-    }
-
-    #[test]
-    fn rfc3339_parses_fractions_and_offsets() {
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339("2023-05-25T13:44:05.478445995Z"),
-            Some(1_685_022_245_478_445_995)
-        );
-        assert_eq!(
-            parse_rfc3339("2016-03-09T14:44:26.402973972-08:00"),
-            parse_rfc3339("2016-03-09T22:44:26.402973972Z")
-        );
-        assert_eq!(
-            parse_rfc3339("2025-03-04T06:22:18.8192Z"),
-            Some(1_741_069_338_819_200_000)
-        );
-        assert_eq!(parse_rfc3339("2025-13-04T06:22:18Z"), None);
-        assert_eq!(parse_rfc3339("yesterday"), None);
-        assert_eq!(parse_rfc3339("2025-03-04T06:22:18"), None);
     }
 }
