@@ -164,16 +164,6 @@ impl Prepared {
     pub fn put_outbox(&mut self, key: &[u8], value: Vec<u8>) {
         self.batch.put(Family::Outbox, key.to_vec(), value);
     }
-
-    /// Returns the number of state writes pending.
-    pub fn len(&self) -> usize {
-        self.batch.len()
-    }
-
-    /// Returns whether no state write is pending.
-    pub fn is_empty(&self) -> bool {
-        self.batch.is_empty()
-    }
 }
 
 /// The engine over a state store.
@@ -453,7 +443,7 @@ impl<S: StateStore> Engine<S> {
         inputs: &[(Position, Signal)],
         now_unix_nano: i64,
     ) -> Result<Outcome, EngineError> {
-        let (outcome, prepared) = self.prepare(inputs, now_unix_nano)?;
+        let (outcome, prepared) = self.prepare(inputs, &[], now_unix_nano)?;
         self.commit(prepared)?;
         Ok(outcome)
     }
@@ -472,20 +462,9 @@ impl<S: StateStore> Engine<S> {
     /// storing it: the caller adds its outbox to the returned state and [`Engine::commit`]s
     /// it. Every `prepare` must be committed (or dropped) before the next one.
     ///
-    /// # Errors
-    ///
-    /// Returns [`EngineError`] when the store fails or holds corrupted state.
-    pub fn prepare(
-        &self,
-        inputs: &[(Position, Signal)],
-        now_unix_nano: i64,
-    ) -> Result<(Outcome, Prepared), EngineError> {
-        self.prepare_with_undecodable(inputs, &[], now_unix_nano)
-    }
-
-    /// As [`Engine::prepare`], with the positions of records of the same batch that held no
-    /// signal: their offsets are stored as consumed, and those not seen before are returned
-    /// in [`Outcome::undecodable`].
+    /// `undecodable` holds the positions of records of the same batch that held no signal:
+    /// their offsets are stored as consumed, and those not seen before are returned in
+    /// [`Outcome::undecodable`].
     ///
     /// An event time is judged against the time ingest decoded the record (the signal's ingest
     /// time; `now_unix_nano` for a signal without one), so the same record is judged alike
@@ -494,7 +473,7 @@ impl<S: StateStore> Engine<S> {
     /// # Errors
     ///
     /// Returns [`EngineError`] when the store fails or holds corrupted state.
-    pub fn prepare_with_undecodable(
+    pub fn prepare(
         &self,
         inputs: &[(Position, Signal)],
         undecodable: &[Position],

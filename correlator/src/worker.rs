@@ -10,7 +10,7 @@
 //!
 //! Each batch goes through the same steps:
 //!
-//! 1. the engine computes what the batch changes ([`Engine::prepare_with_undecodable`]);
+//! 1. the engine computes what the batch changes ([`Engine::prepare`]);
 //! 2. the state, the consumed offsets and the batch's outputs (incident versions for the
 //!    incidents topic; late, future-dated and undecodable signals for the late topic) are
 //!    written to RocksDB in one atomic, synced batch: the outputs go to the outbox;
@@ -499,7 +499,7 @@ impl<S: StateStore + Sync + 'static> CorrelateWorker<S> {
         }
         let (outcome, mut prepared) =
             self.engine
-                .prepare_with_undecodable(&inputs, &undecodable, now_unix_nano())?;
+                .prepare(&inputs, &undecodable, now_unix_nano())?;
         self.stats
             .num_already_applied
             .fetch_add(outcome.num_already_applied, Ordering::Relaxed);
