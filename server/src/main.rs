@@ -25,7 +25,6 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tidemark_correlator::config::CorrelateConfig;
 use tidemark_correlator::engine::Engine;
-use tidemark_correlator::policy::Policy;
 use tidemark_correlator::state::RocksStore;
 use tidemark_correlator::worker::CorrelateWorker;
 use tidemark_ingest::config::IngestConfig;
@@ -186,13 +185,7 @@ fn run_ingest(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 fn run_correlate(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = CorrelateConfig::load(config_path.as_deref(), tidemark_env()?)
         .context("failed to load the correlate configuration")?;
-    let policy = match &config.state.policy {
-        Some(path) => Policy::load(path)?,
-        None => Policy::builtin()?,
-    };
-    if !policy.judges_images() {
-        info!("the policy approves no registry or digest: deployed images are not judged");
-    }
+    let policy = replay::load_policy(config.state.policy.as_deref())?;
     let dir = &config.state.dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("failed to create state directory `{}`", dir.display()))?;

@@ -35,15 +35,22 @@ pub(crate) struct ReplayArgs {
     pub(crate) output: OutputFormat,
 }
 
-/// Runs a replay. Returns whether every record decoded and was correlated.
-pub(crate) fn run(args: &ReplayArgs) -> anyhow::Result<bool> {
-    let policy = match &args.policy {
+/// Loads the detection policy from `path`, or the built-in one without a path, and says when it
+/// judges no deployed image.
+pub(crate) fn load_policy(path: Option<&Path>) -> anyhow::Result<Policy> {
+    let policy = match path {
         Some(path) => Policy::load(path)?,
         None => Policy::builtin()?,
     };
     if !policy.judges_images() {
         info!("the policy approves no registry or digest: deployed images are not judged");
     }
+    Ok(policy)
+}
+
+/// Runs a replay. Returns whether every record decoded and was correlated.
+pub(crate) fn run(args: &ReplayArgs) -> anyhow::Result<bool> {
+    let policy = load_policy(args.policy.as_deref())?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
