@@ -418,6 +418,35 @@ struct Placement<'a> {
     uuids: &'a mut BTreeMap<String, String>,
 }
 
+/// One copy of a scenario, or of one benign record, placed in the fleet: its identity word, its
+/// offset in time, and the UUIDs it has replaced so far.
+struct Instance<'a> {
+    /// Offset of the copy from the scenario records, nanoseconds.
+    offset_nano: i64,
+    /// Where the scenario records start, nanoseconds since the epoch.
+    template_start: i64,
+    /// The identity word replaced, and its replacement.
+    words: [(&'static str, String); 1],
+    uuids: BTreeMap<String, String>,
+    skews: &'a BTreeMap<Source, i64>,
+}
+
+impl Instance<'_> {
+    /// Returns a placed copy of a template record of `source` and its event time.
+    fn copy(&mut self, source: Source, record: &Value, rng: &mut Rng) -> (Value, i64) {
+        let mut placement = Placement {
+            shift_nano: self.offset_nano + self.skews[&source] * 1_000_000,
+            words: &self.words,
+            uuids: &mut self.uuids,
+        };
+        let mut copy = record.clone();
+        place(&mut copy, None, &mut placement, rng);
+        // Every template record has a time field (a unit test checks it).
+        let event_nano = event_time(&copy).unwrap_or(self.offset_nano + self.template_start);
+        (copy, event_nano)
+    }
+}
+
 /// Generates the files; returns the ground truth, which is also written to [`TRUTH_FILE`].
 ///
 /// # Errors
@@ -458,25 +487,25 @@ pub fn generate(options: &GenerateOptions) -> Result<Truth> {
         let template = Template::parse(pattern.template())?;
         let offset =
             options.start_unix_nano - template_start + random_below(&mut rng, chain_room.max(1));
-        let (words, workload) = if pattern == Pattern::EcsRevisionSwap {
+        let (word, workload) = if pattern == Pattern::EcsRevisionSwap {
             let family = format!("{TEMPLATE_FAMILY}-{index:04}");
             let key = format!("ecs/{ECS_ACCOUNT_REGION}/{family}");
-            (vec![(TEMPLATE_FAMILY, family)], key)
+            ((TEMPLATE_FAMILY, family), key)
         } else {
             let namespace = format!("attack-{index:04}");
             let key = format!("k8s/{}/{namespace}/{}", options.cluster, pattern.workload());
-            (vec![(TEMPLATE_NAMESPACE, namespace)], key)
+            ((TEMPLATE_NAMESPACE, namespace), key)
         };
-        let mut uuids = BTreeMap::new();
+        let mut instance = Instance {
+            offset_nano: offset,
+            template_start,
+            words: [word],
+            uuids: BTreeMap::new(),
+            skews: &skews,
+        };
         let mut times = Vec::new();
         for (source, record) in &template.records {
-            let mut placement = Placement {
-                shift_nano: offset + skews[source] * 1_000_000,
-                words: &words,
-                uuids: &mut uuids,
-            };
-            let (copy, event_nano) =
-                placed_copy(record, &mut placement, offset + template_start, &mut rng);
+            let (copy, event_nano) = instance.copy(*source, record, &mut rng);
             times.push(event_nano);
             emit(&mut rng, *source, event_nano, &copy);
             attack_records_written += 1;
@@ -513,17 +542,16 @@ pub fn generate(options: &GenerateOptions) -> Result<Truth> {
             "team-{:04}",
             rng.between(0, u64::from(options.namespaces) - 1)
         );
-        let words = [(TEMPLATE_NAMESPACE, namespace)];
         let offset =
             options.start_unix_nano - template_start + random_below(&mut rng, chain_room.max(1));
-        let mut uuids = BTreeMap::new();
-        let mut placement = Placement {
-            shift_nano: offset + skews[source] * 1_000_000,
-            words: &words,
-            uuids: &mut uuids,
-        };
-        let (copy, event_nano) =
-            placed_copy(record, &mut placement, offset + template_start, &mut rng);
+        let (copy, event_nano) = Instance {
+            offset_nano: offset,
+            template_start,
+            words: [(TEMPLATE_NAMESPACE, namespace)],
+            uuids: BTreeMap::new(),
+            skews: &skews,
+        }
+        .copy(*source, record, &mut rng);
         emit(&mut rng, *source, event_nano, &copy);
     }
 
@@ -636,20 +664,6 @@ fn event_time(record: &Value) -> Option<i64> {
         .get("occur_at")
         .and_then(Value::as_i64)
         .map(|seconds| seconds * NANOS_PER_SEC)
-}
-
-/// Returns a placed copy of a template record and its event time (`fallback_nano` for a record
-/// whose time field is missing).
-fn placed_copy(
-    record: &Value,
-    placement: &mut Placement<'_>,
-    fallback_nano: i64,
-    rng: &mut Rng,
-) -> (Value, i64) {
-    let mut copy = record.clone();
-    place(&mut copy, None, placement, rng);
-    let event_nano = event_time(&copy).unwrap_or(fallback_nano);
-    (copy, event_nano)
 }
 
 /// Makes one copy of a record real: shifts its times, replaces its UUIDs and identity words.
