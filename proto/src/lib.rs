@@ -14,4 +14,9 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/tidemark.v1.serde.rs"));
 }
 
+/// The encoded `FileDescriptorSet` of every `.proto` file here and its imports, for gRPC server
+/// reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tidemark_descriptor.bin"));
+
 mod keys;
