@@ -55,7 +55,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tidemark_proto::v1::Signal;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::CorrelateConfig;
 use crate::engine::{Engine, Position, Rejected};
@@ -170,6 +170,22 @@ impl ProducerContext for DeliveryReports {
     }
 }
 
+/// The context of the consumers that read to the end of partitions: the end is expected there,
+/// so librdkafka's end-of-partition events are logged at debug level instead of as errors.
+struct ReadsToEnd;
+
+impl ClientContext for ReadsToEnd {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            debug!(reason, "end of partition");
+        } else {
+            warn!(%error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for ReadsToEnd {}
+
 /// Seeks every partition the group assigns to the offset the state holds for it, so that
 /// consumption resumes exactly after what RocksDB reflects, whatever the group committed.
 struct ResumeFromState<S> {
@@ -250,7 +266,7 @@ pub struct CorrelateWorker<S: StateStore + Sync + 'static> {
     config: CorrelateConfig,
     engine: Arc<Engine<S>>,
     signals: BaseConsumer<ResumeFromState<S>>,
-    facts: BaseConsumer,
+    facts: BaseConsumer<ReadsToEnd>,
     producer: ThreadedProducer<DeliveryReports>,
     client_config: ClientConfig,
     producer_id: String,
@@ -287,13 +303,13 @@ impl<S: StateStore + Sync + 'static> CorrelateWorker<S> {
                 engine: Arc::clone(&engine),
             })
             .map_err(kafka("signals consumer creation"))?;
-        let facts: BaseConsumer = common
+        let facts: BaseConsumer<ReadsToEnd> = common
             .clone()
             .set("group.id", format!("{}-image-facts", config.kafka.group_id))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true")
-            .create()
+            .create_with_context(ReadsToEnd)
             .map_err(kafka("image-facts consumer creation"))?;
         let producer: ThreadedProducer<DeliveryReports> = common
             .clone()
@@ -734,7 +750,7 @@ impl<S: StateStore + Sync + 'static> CorrelateWorker<S> {
         sequence: u64,
         floors: &BTreeMap<(String, i32), i64>,
     ) -> Result<BTreeSet<usize>> {
-        let reader: BaseConsumer = self
+        let reader: BaseConsumer<ReadsToEnd> = self
             .client_config
             .clone()
             .set(
@@ -744,7 +760,7 @@ impl<S: StateStore + Sync + 'static> CorrelateWorker<S> {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
-            .create()
+            .create_with_context(ReadsToEnd)
             .map_err(kafka("recovery consumer creation"))?;
         let mut assignment = TopicPartitionList::new();
         let mut remaining = BTreeSet::new();
