@@ -6,9 +6,16 @@
 //! - `tidemark correlate`: a member of the correlator group on Kafka, with state in RocksDB.
 //! - `tidemark replay FILE...`: decodes and correlates telemetry files offline and prints the
 //!   incidents, for backfill and forensics.
+//! - `tidemark api`: serves incidents over gRPC from its own store of the incidents topic.
+//! - `tidemark run`: ingest, correlate and api in one process, on an embedded broker by default.
+//! - `tidemark publish FILE...`: sends telemetry files to a raw topic.
+//! - `tidemark incidents ...`: the analyst's command line over the API.
 
+mod incidents;
 mod normalize;
+mod publish;
 mod replay;
+mod run;
 
 /// Decoding allocates many small strings per record; mimalloc serves them markedly faster than
 /// the system allocator (see the decode benchmark, which uses it too).
@@ -79,6 +86,71 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Serve incidents over gRPC (ListIncidents, GetIncident, WatchIncidents,
+    /// UpdateIncidentStatus, GetWorkloadTimeline, ExportIncidents), with health and reflection.
+    ///
+    /// Reads the incidents, status and signals topics into its own RocksDB store; replicas run
+    /// side by side, each with its own store, and agree through the status topic.
+    Api {
+        /// Configuration file (YAML); without it the defaults apply. `TIDEMARK_API__*`
+        /// environment variables override keys (`TIDEMARK_API__SERVER__LISTEN=0.0.0.0:50051`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run ingest, correlate and api in one process.
+    ///
+    /// Without `--brokers` it starts an embedded Kafka broker on 127.0.0.1 (in memory: it keeps
+    /// nothing across restarts, and the state directories are cleared at start) and creates
+    /// the topics. `TIDEMARK_INGEST__*`, `TIDEMARK_CORRELATE__*` and `TIDEMARK_API__*` variables
+    /// override the roles' configuration.
+    Run {
+        /// Directory for the correlator's and the api's RocksDB stores.
+        #[arg(long, default_value = "tidemark-data")]
+        data_dir: PathBuf,
+        /// gRPC address of the API.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        grpc_listen: String,
+        /// Detection policy (YAML); without it the built-in indicators apply and deployed
+        /// images are not judged.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Telemetry files to publish to the raw topic once everything has started, all records
+        /// in event-time order (as a live feed would deliver them).
+        #[arg(long, num_args = 1..)]
+        replay: Vec<PathBuf>,
+        /// Use this Kafka cluster instead of the embedded broker (the topics must exist).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Cluster name for records that do not name their cluster.
+        #[arg(long, default_value = "")]
+        cluster: String,
+    },
+    /// Send telemetry files to a raw topic, one Kafka record per JSON record.
+    Publish {
+        /// Bootstrap servers, comma-separated.
+        #[arg(long, env = "TIDEMARK_BROKERS")]
+        brokers: String,
+        /// Raw topic to send to.
+        #[arg(long, default_value = "tidemark.raw")]
+        topic: String,
+        /// Send order: `file` (as the files hold them) or `event-time` (all records sorted by
+        /// the time of their events, as a live feed would deliver them).
+        #[arg(long, value_enum, default_value = "file")]
+        order: publish::Order,
+        /// Extra librdkafka properties, `KEY=VALUE` (`security.protocol=SASL_SSL`).
+        #[arg(long = "property", short = 'X', value_parser = parse_property)]
+        properties: Vec<(String, String)>,
+        /// Files of NDJSON, JSON documents or arrays; `-` for standard input.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Query and handle incidents through the API.
+    Incidents {
+        #[command(flatten)]
+        connection: Box<incidents::Connection>,
+        #[command(subcommand)]
+        action: incidents::Action,
+    },
     /// Decode and correlate telemetry files offline; print the final incidents.
     ///
     /// Records may come from any supported source, mixed in one file and in any order: they
@@ -130,6 +202,36 @@ fn main() -> ExitCode {
             }
         }),
         Command::Correlate { config } => run_correlate(config),
+        Command::Api { config } => run_api(config),
+        Command::Run {
+            data_dir,
+            grpc_listen,
+            policy,
+            replay,
+            brokers,
+            cluster,
+        } => tidemark_env().and_then(|env| {
+            run::run(run::RunArgs {
+                data_dir,
+                grpc_listen,
+                policy,
+                replay,
+                brokers,
+                cluster,
+                env,
+            })
+            .map(|()| ExitCode::SUCCESS)
+        }),
+        Command::Publish {
+            brokers,
+            topic,
+            order,
+            properties,
+            files,
+        } => run_publish(&brokers, &topic, order, &properties, &files),
+        Command::Incidents { connection, action } => current_thread_runtime()
+            .and_then(|runtime| runtime.block_on(incidents::run(*connection, action)))
+            .map(|()| ExitCode::SUCCESS),
         Command::Replay {
             files,
             policy,
@@ -208,6 +310,60 @@ fn run_correlate(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn run_api(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = tidemark_api::config::ApiConfig::load(config_path.as_deref(), tidemark_env()?)
+        .context("failed to load the api configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tidemark_api::server::bind(&config).await?;
+        tidemark_api::server::run(config, listener, shutdown_signal())
+            .await
+            .context("api stopped")?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn run_publish(
+    brokers: &str,
+    topic: &str,
+    order: publish::Order,
+    properties: &[(String, String)],
+    files: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
+    let runtime = current_thread_runtime()?;
+    runtime.block_on(async {
+        let producer = publish::producer(brokers, properties)?;
+        let published = publish::publish(&producer, topic, files, order).await?;
+        info!(
+            num_records = published.num_records,
+            num_invalid = published.num_invalid,
+            topic,
+            "published"
+        );
+        Ok(if published.num_invalid == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    })
+}
+
+fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
 /// The `TIDEMARK_*` environment variables, which override configuration keys. Other variables
 /// are not read, so a non-UTF-8 value elsewhere in the environment does no harm; a non-UTF-8
 /// `TIDEMARK_*` variable is an error rather than an override silently ignored.
@@ -226,7 +382,7 @@ fn tidemark_env() -> anyhow::Result<Vec<(String, String)>> {
 }
 
 /// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
