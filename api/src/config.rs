@@ -362,4 +362,30 @@ mod tests {
             "{error}"
         );
     }
+
+    #[test]
+    fn helm_chart_default_api_configuration_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/tidemark/values.yaml");
+        let values: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let config: ApiConfig = serde_yaml::from_value(values["api"]["config"].clone()).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.topics, TopicsConfig::default());
+        // The chart mounts the store volume at `store.dir`.
+        assert_eq!(config.store, StoreConfig::default());
+        // In the cluster the server listens on every address, unprotected unless the operator
+        // adds TLS (the chart sets `server.tls` itself) and tokens.
+        assert_eq!(config.listen_address().unwrap().port(), 50051);
+        assert!(config.server.allow_insecure_non_loopback);
+        assert_eq!(config.server.tls, None);
+        assert!(config.server.tokens.is_empty());
+        assert_eq!(
+            config.server.max_request_bytes,
+            ServerConfig::default().max_request_bytes
+        );
+        assert_eq!(
+            config.server.max_page_size,
+            ServerConfig::default().max_page_size
+        );
+    }
 }

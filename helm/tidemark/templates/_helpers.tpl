@@ -39,3 +39,27 @@ ConfigMap's `policy.yaml` when `correlate.policy` is not empty. */}}
 {{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
+
+{{/* The api configuration file: `api.config`, with `server.tls` naming the files of
+`api.tls.existingSecret` (mounted in `/etc/tidemark/tls`) when it is set. */}}
+{{- define "tidemark.apiConfig" -}}
+{{- $config := deepCopy .Values.api.config -}}
+{{- with .Values.api.tls.existingSecret -}}
+{{- $tls := dict "cert" "/etc/tidemark/tls/tls.crt" "key" "/etc/tidemark/tls/tls.key" -}}
+{{- if $.Values.api.tls.clientCertificates -}}
+{{- $_ := set $tls "client_ca" "/etc/tidemark/tls/ca.crt" -}}
+{{- end -}}
+{{- $_ := set $config.server "tls" $tls -}}
+{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
+
+{{/* The api's gRPC port: the port of `api.config.server.listen` (`0.0.0.0:50051`,
+`[::]:50051`). */}}
+{{- define "tidemark.apiPort" -}}
+{{- $port := .Values.api.config.server.listen | toString | splitList ":" | last | atoi -}}
+{{- if not $port -}}
+{{- fail "api.config.server.listen must be an IP address and port (`0.0.0.0:50051`)" -}}
+{{- end -}}
+{{- $port -}}
+{{- end -}}
