@@ -18,22 +18,22 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 #[derive(Debug, clap::Args)]
 pub(crate) struct Connection {
     /// API address, `HOST:PORT`.
-    #[arg(long, env = "TIDEMARK_API", default_value = "127.0.0.1:50051")]
+    #[arg(long, global = true, env = "TIDEMARK_API", default_value = "127.0.0.1:50051")]
     api: String,
     /// Bearer token.
-    #[arg(long, env = "TIDEMARK_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "TIDEMARK_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Use TLS, trusting this CA certificate (PEM).
-    #[arg(long)]
+    #[arg(long, global = true)]
     tls_ca: Option<PathBuf>,
     /// Client certificate (PEM), for servers that require one.
-    #[arg(long, requires = "tls_key")]
+    #[arg(long, global = true, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// Client private key (PEM).
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long, global = true, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Server name to verify, when it differs from the host in `--api`.
-    #[arg(long)]
+    #[arg(long, global = true)]
     tls_domain: Option<String>,
     /// One JSON object per line instead of a table.
     #[arg(long, global = true)]
