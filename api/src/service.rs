@@ -8,7 +8,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tidemark_proto::v1;
 use tidemark_proto::v1::incident_service_server::IncidentService;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -42,6 +42,7 @@ pub struct IncidentApi {
     max_page_size: u32,
     authenticated: bool,
     sequence: Arc<AtomicU64>,
+    stopping: Option<watch::Receiver<bool>>,
 }
 
 impl std::fmt::Debug for IncidentApi {
@@ -70,7 +71,16 @@ impl IncidentApi {
             max_page_size,
             authenticated,
             sequence: Arc::new(AtomicU64::new(0)),
+            stopping: None,
         }
+    }
+
+    /// Ends every watch with UNAVAILABLE once `stopping` turns true (or its sender is dropped).
+    /// The server's graceful shutdown waits for every open stream, so a watch left open would
+    /// keep it from ever stopping.
+    pub fn with_stopping(mut self, stopping: watch::Receiver<bool>) -> IncidentApi {
+        self.stopping = Some(stopping);
+        self
     }
 
     fn page_size(&self, requested: u32) -> usize {
@@ -198,6 +208,17 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Completes once the server is stopping; never when the service has no stop signal.
+async fn stopped(stopping: Option<&mut watch::Receiver<bool>>) {
+    match stopping {
+        // An error means the sender is gone with the server: stopping too.
+        Some(stopping) => {
+            stopping.wait_for(|stopping| *stopping).await.ok();
+        }
+        None => std::future::pending().await,
+    }
+}
+
 fn now_unix_nano() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -254,7 +275,9 @@ impl IncidentService for IncidentApi {
         };
         let (sender, stream) = mpsc::channel(WATCH_BUFFER);
         let store = Arc::clone(&self.store);
-        tokio::spawn(async move {
+        let mut stopping = self.stopping.clone();
+        let stop_sender = sender.clone();
+        let forward = async move {
             let send = |cursor: &mut Cursor, position: &Position, change: &v1::IncidentChange| {
                 cursor.advance(position);
                 let mut change = change.clone();
@@ -285,7 +308,12 @@ impl IncidentService for IncidentApi {
                     }
                     backlog = false;
                 }
-                match receiver.recv().await {
+                let received = tokio::select! {
+                    received = receiver.recv() => received,
+                    // The client went away while nothing changed.
+                    () = sender.closed() => return,
+                };
+                match received {
                     Ok(live) => {
                         if cursor.covers(&live.position) {
                             continue;
@@ -297,6 +325,17 @@ impl IncidentService for IncidentApi {
                     }
                     Err(RecvError::Lagged(_)) => backlog = true,
                     Err(RecvError::Closed) => return,
+                }
+            }
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                () = forward => {}
+                () = stopped(stopping.as_mut()) => {
+                    // The client resumes from its last cursor, on another replica or here after
+                    // the restart. With its buffer full it just sees the stream end.
+                    let status = Status::unavailable("the server is stopping; resume elsewhere");
+                    stop_sender.try_send(Err(status)).ok();
                 }
             }
         });

@@ -227,7 +227,17 @@ pub struct Filter {
 impl Filter {
     /// Whether `incident` matches.
     pub fn matches(&self, incident: &v1::Incident) -> bool {
-        let workload = incident.workload.clone().unwrap_or_default();
+        static NO_WORKLOAD: v1::IncidentWorkload = v1::IncidentWorkload {
+            key: String::new(),
+            platform: String::new(),
+            cluster: String::new(),
+            namespace: String::new(),
+            kind: String::new(),
+            name: String::new(),
+            account: String::new(),
+            region: String::new(),
+        };
+        let workload = incident.workload.as_ref().unwrap_or(&NO_WORKLOAD);
         (self.start_unix_nano == 0 || incident.last_seen_unix_nano >= self.start_unix_nano)
             && (self.end_unix_nano == 0 || incident.first_seen_unix_nano < self.end_unix_nano)
             && (self.severities.is_empty() || self.severities.contains(&incident.severity))
