@@ -18,7 +18,12 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 #[derive(Debug, clap::Args)]
 pub(crate) struct Connection {
     /// API address, `HOST:PORT`.
-    #[arg(long, global = true, env = "TIDEMARK_API", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "TIDEMARK_API",
+        default_value = "127.0.0.1:50051"
+    )]
     api: String,
     /// Bearer token.
     #[arg(long, global = true, env = "TIDEMARK_TOKEN", hide_env_values = true)]

@@ -8,9 +8,8 @@ use anyhow::Context as _;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use tidemark_ingest::decode::{self, InputFormat, RecordContext};
+use tidemark_ingest::decode::earliest_event_time;
 use tidemark_ingest::input::{self, Piece};
-use tidemark_proto::v1::RawPointer;
 use tracing::{info, warn};
 
 /// Records awaiting acknowledgement at once.
@@ -68,13 +67,6 @@ pub(crate) enum Order {
     EventTime,
 }
 
-/// The earliest event time of a raw record, when it decodes.
-fn event_time(bytes: &[u8], now: i64) -> Option<i64> {
-    let context = RecordContext::new(RawPointer::default(), now);
-    let decoded = decode::decode(bytes, InputFormat::Auto, &context).ok()?;
-    decoded.signals.iter().map(|s| s.event_time_unix_nano).min()
-}
-
 /// Sends every record of `files` to `topic`, in `order`, and waits until Kafka has
 /// acknowledged all of them. Stretches that are not JSON are reported with their file and line
 /// and skipped.
@@ -100,7 +92,7 @@ pub(crate) async fn publish(
                 Piece::Record { bytes, .. } => {
                     let time = match order {
                         Order::File => 0,
-                        Order::EventTime => event_time(bytes, now).unwrap_or(previous),
+                        Order::EventTime => earliest_event_time(bytes, now).unwrap_or(previous),
                     };
                     previous = time;
                     records.push((time, bytes));

@@ -291,3 +291,21 @@ async fn incident_flows_from_raw_records_to_watchers_and_status_reaches_every_re
     drop(replica);
     drop(run);
 }
+
+#[test]
+fn api_refuses_a_non_loopback_address_without_tls_and_tokens() {
+    let work = tempfile::tempdir().unwrap();
+    let output = tidemark()
+        .arg("api")
+        .env("TIDEMARK_API__STORE__DIR", work.path())
+        .env("TIDEMARK_API__SERVER__LISTEN", "0.0.0.0:50999")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a loopback address"), "{stderr}");
+    assert!(
+        std::fs::read_dir(work.path()).unwrap().next().is_none(),
+        "nothing was opened before the refusal"
+    );
+}

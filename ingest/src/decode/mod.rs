@@ -264,6 +264,14 @@ pub fn decode(
     decode_json(bytes, format, ctx)
 }
 
+/// The earliest event time among the signals of a raw record, detecting its format; `None`
+/// when it does not decode or yields no signal. Used to send files in event-time order.
+pub fn earliest_event_time(bytes: &[u8], now_unix_nano: i64) -> Option<i64> {
+    let context = RecordContext::new(RawPointer::default(), now_unix_nano);
+    let decoded = decode(bytes, InputFormat::Auto, &context).ok()?;
+    decoded.signals.iter().map(|s| s.event_time_unix_nano).min()
+}
+
 fn gunzip(bytes: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
     let mut inflated = Vec::new();
     let mut reader = flate2::read::MultiGzDecoder::new(bytes).take(limit as u64 + 1);
