@@ -1,4 +1,7 @@
-//! `tidemark-loadtest`: generates realistic telemetry with injected attack chains.
+//! `tidemark-loadtest`: generates realistic telemetry with injected attack chains, and drives it
+//! through tidemark on Kafka to measure speed and detection quality.
+
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +51,39 @@ enum Command {
         #[arg(long, default_value = "prod-eu")]
         cluster: String,
     },
+    /// Drive generated telemetry through `tidemark run` on Kafka and measure it.
+    ///
+    /// Starts `tidemark run` (an embedded broker on 127.0.0.1 unless `--brokers` is given),
+    /// publishes every record of the generated files to the raw topic in event-time order, at
+    /// `--rate` or flat out, watches the incident API, and reports throughput, CPU and memory,
+    /// detection latency, recall and precision against `truth.json`, and dead-letter and late
+    /// counts.
+    Run {
+        /// Directory written by `generate`.
+        #[arg(long)]
+        input: PathBuf,
+        /// The `tidemark` binary.
+        #[arg(long, default_value = "target/release/tidemark")]
+        tidemark: PathBuf,
+        /// Detection policy for the correlator.
+        #[arg(long, default_value = "config/policy.example.yaml")]
+        policy: PathBuf,
+        /// Records per second; 0 sends flat out.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Longest the run may take, in seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        /// gRPC address for the incident API.
+        #[arg(long, default_value = "127.0.0.1:50071")]
+        grpc_listen: String,
+        /// Use this Kafka cluster instead of the embedded broker (create the topics first).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +101,37 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run {
+            input,
+            tidemark,
+            policy,
+            rate,
+            timeout,
+            grpc_listen,
+            brokers,
+            report,
+        } => {
+            let options = run::RunOptions {
+                input,
+                tidemark,
+                policy,
+                rate,
+                timeout: std::time::Duration::from_secs(timeout),
+                grpc_listen,
+                brokers,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("failed to start the async runtime")?;
+            let measured = runtime.block_on(run::run(&options))?;
+            run::print(&measured, &mut std::io::stdout().lock())?;
+            if let Some(path) = report {
+                std::fs::write(&path, serde_json::to_vec_pretty(&measured)?)
+                    .with_context(|| format!("cannot write `{}`", path.display()))?;
+            }
+            Ok(())
+        }
         Command::Generate {
             seed,
             events,
