@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
-use rdkafka::topic_partition_list::Offset;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::config::ApiConfig;
@@ -57,7 +57,10 @@ impl Materializer {
             .set("group.id", "tidemark-api")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // A partition without a stored position, or whose position retention has passed,
+            // is read from its oldest record: never skipped to the end.
+            .set("auto.offset.reset", "earliest");
         for (key, value) in &config.kafka.properties {
             client.set(key, value);
         }
@@ -165,6 +168,13 @@ impl Materializer {
         batch
     }
 
+    fn topic_name(&self, source: Source) -> Option<&str> {
+        self.topics
+            .iter()
+            .find(|(s, _)| *s == source)
+            .map(|(_, name)| name.as_str())
+    }
+
     fn caught_up(&self) -> bool {
         self.start_ends.iter().all(|((source, partition), end)| {
             *end == 0
@@ -203,7 +213,22 @@ impl Materializer {
         if additions.is_empty() {
             return Ok(());
         }
-        let mut assignment = self.consumer.assignment().map_err(kafka("assignment"))?;
+        // The whole assignment is given again, every partition from the store's position: a
+        // partition already read resumes exactly after what the store holds (every polled
+        // record is applied before this runs), and nothing depends on committed offsets.
+        let mut assignment = TopicPartitionList::new();
+        for (source, partition) in &self.assigned {
+            let Some(topic) = self.topic_name(*source) else {
+                continue;
+            };
+            let offset = self
+                .store
+                .next_offset(*source, *partition)
+                .map_or(Offset::Beginning, Offset::Offset);
+            assignment
+                .add_partition_offset(topic, *partition, offset)
+                .map_err(kafka("assignment"))?;
+        }
         for (source, topic, partition) in &additions {
             let next = self.store.next_offset(*source, *partition);
             let offset = next.map_or(Offset::Beginning, Offset::Offset);

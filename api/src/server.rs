@@ -70,7 +70,9 @@ pub async fn run(
     producer_config
         .set("bootstrap.servers", &config.kafka.brokers)
         .set("enable.idempotence", "true")
-        .set("acks", "all");
+        .set("acks", "all")
+        // A status change that Kafka has not taken within 10 s fails instead of hanging.
+        .set("message.timeout.ms", "10000");
     for (key, value) in &config.kafka.properties {
         producer_config.set(key, value);
     }
