@@ -46,7 +46,9 @@ impl Authenticator {
             let token = header
                 .to_str()
                 .ok()
-                .and_then(|value| value.strip_prefix("Bearer "))
+                .and_then(|value| value.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token)
                 .ok_or_else(|| {
                     Status::unauthenticated("malformed authorization header: want `Bearer <token>`")
                 })?;
@@ -169,6 +171,8 @@ mod tests {
             .check(request(Some("Bearer 0123456789abcdef0124")))
             .unwrap_err();
         assert_eq!(wrong.code(), tonic::Code::PermissionDenied);
+        let lower_case_scheme = auth.check(request(Some("bearer 0123456789abcdef0123")));
+        assert!(lower_case_scheme.is_ok(), "the scheme is case-insensitive");
         let right = auth
             .check(request(Some("Bearer 0123456789abcdef0123")))
             .unwrap();

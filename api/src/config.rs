@@ -261,6 +261,11 @@ impl ApiConfig {
                     "`server.tokens[{index}].identity` must not be empty"
                 ));
             }
+            if token.token.trim() != token.token {
+                return invalid(format!(
+                    "`server.tokens[{index}].token` must not start or end with white space"
+                ));
+            }
             if token.token.len() < 16 {
                 return invalid(format!(
                     "`server.tokens[{index}].token` must be at least 16 characters"

@@ -28,8 +28,10 @@ pub fn incident_from_model(incident: &model::Incident) -> v1::Incident {
         techniques: incident.techniques.clone(),
         first_seen_unix_nano: incident
             .evidence
-            .first()
-            .map_or_else(|| parse_time(&incident.first_seen), |e| e.time_unix_nano),
+            .iter()
+            .map(|e| e.time_unix_nano)
+            .min()
+            .unwrap_or_else(|| parse_time(&incident.first_seen)),
         last_seen_unix_nano: incident
             .evidence
             .iter()

@@ -160,7 +160,7 @@ impl Cursor {
             let offset = o
                 .parse::<i64>()
                 .ok()
-                .filter(|o| *o >= -1)
+                .filter(|o| *o >= -1 && *o < i64::MAX)
                 .ok_or_else(|| format!("cursor entry `{entry}` has a bad offset"))?;
             last.insert((source, partition), offset);
             if last.len() > MAX_CURSOR_ENTRIES {
@@ -453,7 +453,7 @@ impl Store {
         let positions_family = self.family(POSITIONS)?;
         let mut batch = WriteBatch::default();
         let mut pending: HashMap<String, v1::Incident> = HashMap::new();
-        let mut pending_status: HashMap<String, Vec<v1::StatusEvent>> = HashMap::new();
+        let mut pending_status: HashMap<String, Vec<(Position, v1::StatusEvent)>> = HashMap::new();
         let mut changes = Vec::new();
         let mut next_positions: HashMap<(Source, i32), i64> = HashMap::new();
         for record in records {
@@ -483,23 +483,21 @@ impl Store {
                         pending.insert(existing.id.clone(), existing.clone());
                         continue;
                     }
-                    incident.status_history = match &existing {
-                        Some(existing) => existing.status_history.clone(),
+                    // Status events read before the incident's first version are folded
+                    // into it here.
+                    let folded = match &existing {
+                        Some(_) => Vec::new(),
                         None => {
-                            let mut history = self.status_events(&incident.id)?;
-                            history.extend(
-                                pending_status
-                                    .get(&incident.id)
-                                    .cloned()
-                                    .unwrap_or_default(),
-                            );
-                            history
+                            let mut folded = self.status_events(&incident.id)?;
+                            folded.extend(pending_status.remove(&incident.id).unwrap_or_default());
+                            folded
                         }
                     };
-                    incident.status = incident
-                        .status_history
-                        .last()
-                        .map_or(v1::IncidentStatus::Open as i32, |event| event.status);
+                    incident.status_history = match &existing {
+                        Some(existing) => existing.status_history.clone(),
+                        None => folded.iter().map(|(_, event)| event.clone()).collect(),
+                    };
+                    settle_status(&mut incident);
                     incident.updated_unix_nano = now;
                     let kind = if existing.is_some() {
                         v1::ChangeKind::Amended
@@ -513,6 +511,18 @@ impl Store {
                         kind,
                         &incident,
                     ));
+                    // A change at each folded event's position too, so that every replica
+                    // holds a change at the same positions whichever topic it read first, and
+                    // a cursor from one replica resumes on another without missing a status.
+                    for (status_position, _) in &folded {
+                        changes.push(self.change(
+                            &mut batch,
+                            changes_family,
+                            *status_position,
+                            v1::ChangeKind::Status,
+                            &incident,
+                        ));
+                    }
                     pending.insert(incident.id.clone(), incident);
                 }
                 Source::Status => {
@@ -537,8 +547,8 @@ impl Store {
                     };
                     match existing {
                         Some(mut incident) => {
-                            incident.status = event.status;
                             incident.status_history.push(event);
+                            settle_status(&mut incident);
                             incident.updated_unix_nano = now;
                             changes.push(self.change(
                                 &mut batch,
@@ -552,7 +562,7 @@ impl Store {
                         None => pending_status
                             .entry(event.incident_id.clone())
                             .or_default()
-                            .push(event),
+                            .push((position, event)),
                     }
                 }
                 Source::Signals => {
@@ -644,7 +654,7 @@ impl Store {
         Change { position, change }
     }
 
-    fn status_events(&self, id: &str) -> Result<Vec<v1::StatusEvent>> {
+    fn status_events(&self, id: &str) -> Result<Vec<(Position, v1::StatusEvent)>> {
         let mut prefix = id.as_bytes().to_vec();
         prefix.push(0);
         let mut events = Vec::new();
@@ -657,9 +667,12 @@ impl Store {
             if !key.starts_with(&prefix) {
                 break;
             }
-            events.push(
-                v1::StatusEvent::decode(value.as_ref()).map_err(|e| corrupt("status event", e))?,
-            );
+            let position =
+                Position::from_key(&[&[Source::Status as u8], &key[prefix.len()..]].concat())
+                    .ok_or_else(|| corrupt("status key", "too short"))?;
+            let event =
+                v1::StatusEvent::decode(value.as_ref()).map_err(|e| corrupt("status event", e))?;
+            events.push((position, event));
         }
         Ok(events)
     }
@@ -788,7 +801,7 @@ impl Store {
             let start = Position {
                 source,
                 partition,
-                offset: cursor.last_offset(source, partition) + 1,
+                offset: cursor.last_offset(source, partition).saturating_add(1),
             };
             let iterator = self
                 .db
@@ -883,6 +896,18 @@ impl Store {
     }
 }
 
+/// Orders an incident's status history by time (then event id), drops events seen twice (a
+/// re-read of the status topic), and sets the status from the newest event. Replicas that read
+/// the status partitions in different orders thus agree.
+fn settle_status(incident: &mut v1::Incident) {
+    let history = &mut incident.status_history;
+    history.sort_by(|a, b| (a.time_unix_nano, &a.event_id).cmp(&(b.time_unix_nano, &b.event_id)));
+    history.dedup_by(|a, b| a.event_id == b.event_id);
+    incident.status = history
+        .last()
+        .map_or(v1::IncidentStatus::Open as i32, |event| event.status);
+}
+
 /// The timeline key prefix of a workload: its key and a NUL (keys hold no NUL).
 fn timeline_prefix(workload: &str) -> Vec<u8> {
     let mut prefix = Vec::with_capacity(workload.len() + 21);
@@ -895,4 +920,56 @@ fn timeline_prefix(workload: &str) -> Vec<u8> {
 fn timeline_time(key: &[u8]) -> Option<i64> {
     let nul = key.iter().position(|b| *b == 0)?;
     time_from_key(key.get(nul + 1..nul + 9)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, time: i64, status: v1::IncidentStatus) -> v1::StatusEvent {
+        v1::StatusEvent {
+            event_id: id.to_owned(),
+            incident_id: "00ff00ff00ff00ff".to_owned(),
+            status: status as i32,
+            time_unix_nano: time,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn newest_status_event_wins_whatever_the_reading_order_and_repeats_count_once() {
+        let ack = event("a", 10, v1::IncidentStatus::Acknowledged);
+        let resolve = event("b", 20, v1::IncidentStatus::Resolved);
+        for history in [
+            vec![ack.clone(), resolve.clone()],
+            vec![resolve.clone(), ack.clone()],
+            vec![resolve.clone(), ack.clone(), resolve.clone()],
+        ] {
+            let mut incident = v1::Incident {
+                status_history: history,
+                ..Default::default()
+            };
+            settle_status(&mut incident);
+            assert_eq!(incident.status, v1::IncidentStatus::Resolved as i32);
+            assert_eq!(incident.status_history, vec![ack.clone(), resolve.clone()]);
+        }
+        let mut untouched = v1::Incident::default();
+        settle_status(&mut untouched);
+        assert_eq!(untouched.status, v1::IncidentStatus::Open as i32);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_offsets_that_cannot_advance() {
+        let cursor = Cursor::parse("v1;0:2:41,1:0:7").unwrap();
+        assert_eq!(cursor.encode(), "v1;0:2:41,1:0:7");
+        for bad in [
+            "v1;0:0:9223372036854775807",
+            "v1;2:0:1",
+            "v1;0:-1:1",
+            "v2;",
+            "v1;0:0",
+        ] {
+            assert!(Cursor::parse(bad).is_err(), "{bad}");
+        }
+    }
 }
