@@ -32,10 +32,10 @@ pub(crate) struct Connection {
     #[arg(long, global = true)]
     tls_ca: Option<PathBuf>,
     /// Client certificate (PEM), for servers that require one.
-    #[arg(long, global = true, requires = "tls_key")]
+    #[arg(long, global = true, requires_all = ["tls_key", "tls_ca"])]
     tls_cert: Option<PathBuf>,
     /// Client private key (PEM).
-    #[arg(long, global = true, requires = "tls_cert")]
+    #[arg(long, global = true, requires_all = ["tls_cert", "tls_ca"])]
     tls_key: Option<PathBuf>,
     /// Server name to verify, when it differs from the host in `--api`.
     #[arg(long, global = true)]

@@ -340,10 +340,11 @@ fn run_publish(
         info!(
             num_records = published.num_records,
             num_invalid = published.num_invalid,
+            num_failed = published.num_failed,
             topic,
             "published"
         );
-        Ok(if published.num_invalid == 0 {
+        Ok(if published.num_invalid == 0 && published.num_failed == 0 {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)

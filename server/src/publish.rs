@@ -22,6 +22,15 @@ pub(crate) struct Published {
     pub(crate) num_records: u64,
     /// Stretches of the files that are not JSON, reported and not sent.
     pub(crate) num_invalid: u64,
+    /// Records Kafka refused (too large for the topic, ...), reported with file and line.
+    pub(crate) num_failed: u64,
+}
+
+/// Where a record comes from, for error reports.
+#[derive(Debug, Clone, Copy)]
+struct Origin<'a> {
+    file: &'a str,
+    line: u64,
 }
 
 /// Creates the producer `publish` uses.
@@ -84,18 +93,18 @@ pub(crate) async fn publish(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-    let mut records: Vec<(i64, &[u8])> = Vec::new();
+    let mut records: Vec<(i64, Origin<'_>, &[u8])> = Vec::new();
     for (name, content) in &contents {
         let mut previous = i64::MIN;
         for piece in input::split(content) {
             match piece {
-                Piece::Record { bytes, .. } => {
+                Piece::Record { bytes, line } => {
                     let time = match order {
                         Order::File => 0,
                         Order::EventTime => earliest_event_time(bytes, now).unwrap_or(previous),
                     };
                     previous = time;
-                    records.push((time, bytes));
+                    records.push((time, Origin { file: name, line }, bytes));
                 }
                 Piece::Invalid { line, reason } => {
                     warn!(file = name, line, reason, "not JSON; not published");
@@ -105,15 +114,15 @@ pub(crate) async fn publish(
         }
     }
     if order == Order::EventTime {
-        records.sort_by_key(|(time, _)| *time);
+        records.sort_by_key(|(time, _, _)| *time);
     }
     let mut in_flight = Vec::with_capacity(MAX_IN_FLIGHT.min(records.len()));
-    for (_, bytes) in records {
+    for (_, origin, bytes) in records {
         let mut record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic).payload(bytes);
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
-                    in_flight.push(delivery);
+                    in_flight.push((origin, delivery));
                     break;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
@@ -121,32 +130,45 @@ pub(crate) async fn publish(
                 {
                     // The producer's queue is full: wait for what is in flight.
                     record = back;
-                    published.num_records += settle(&mut in_flight, topic).await?;
+                    settle(&mut in_flight, topic, &mut published).await?;
                 }
                 Err((error, _)) => {
-                    return Err(error)
-                        .with_context(|| format!("failed to queue a record for `{topic}`"));
+                    // This record only (too large, ...): report it and go on.
+                    warn!(file = origin.file, line = origin.line, topic, %error, "record not published");
+                    published.num_failed += 1;
+                    break;
                 }
             }
         }
         if in_flight.len() == MAX_IN_FLIGHT {
-            published.num_records += settle(&mut in_flight, topic).await?;
+            settle(&mut in_flight, topic, &mut published).await?;
         }
     }
-    published.num_records += settle(&mut in_flight, topic).await?;
-    info!(topic, num_records = published.num_records, "published");
+    settle(&mut in_flight, topic, &mut published).await?;
+    info!(
+        topic,
+        num_records = published.num_records,
+        num_failed = published.num_failed,
+        "published"
+    );
     Ok(published)
 }
 
-async fn settle(in_flight: &mut Vec<DeliveryFuture>, topic: &str) -> anyhow::Result<u64> {
-    let mut acknowledged = 0;
-    for delivery in in_flight.drain(..) {
-        delivery
-            .await
-            .context("the Kafka producer stopped")?
-            .map_err(|(error, _)| error)
-            .with_context(|| format!("Kafka did not accept a record for `{topic}`"))?;
-        acknowledged += 1;
+/// Waits for every record in flight; a record Kafka refused is reported with its file and line
+/// and counted. Fails only when the producer itself is gone.
+async fn settle(
+    in_flight: &mut Vec<(Origin<'_>, DeliveryFuture)>,
+    topic: &str,
+    published: &mut Published,
+) -> anyhow::Result<()> {
+    for (origin, delivery) in in_flight.drain(..) {
+        match delivery.await.context("the Kafka producer stopped")? {
+            Ok(_) => published.num_records += 1,
+            Err((error, _)) => {
+                warn!(file = origin.file, line = origin.line, topic, %error, "record not published");
+                published.num_failed += 1;
+            }
+        }
     }
-    Ok(acknowledged)
+    Ok(())
 }

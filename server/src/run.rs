@@ -57,6 +57,14 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut api =
         ApiConfig::load(None, args.env.clone()).context("failed to load the api configuration")?;
 
+    for file in &args.replay {
+        if file != std::path::Path::new("-") && !file.is_file() {
+            anyhow::bail!(
+                "replay file `{}` does not exist or is not a file",
+                file.display()
+            );
+        }
+    }
     let embedded: Option<MockCluster<'static, DefaultProducerContext>> = match &args.brokers {
         Some(_) => None,
         None => Some(start_embedded(&ingest, &correlate, &api)?),
@@ -92,6 +100,9 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     correlate.validate()?;
     api.kafka.brokers.clone_from(&brokers);
+    // The api reads what the other roles in this process write.
+    api.topics.incidents.clone_from(&correlate.topics.incidents);
+    api.topics.signals.clone_from(&ingest.topics.signals);
     api.store.dir = api_dir;
     api.server.listen.clone_from(&args.grpc_listen);
     api.validate()?;
@@ -155,20 +166,47 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
                 .context("api stopped");
             api_report.send(Stopped { role: "api", result }).await.ok();
         });
+        if !args.replay.is_empty() {
+            // Published beside the roles, so that Ctrl-C and a failing role are heeded while a
+            // long replay is under way; a failed replay stops everything like a failed role.
+            let replay_report = report.clone();
+            let replay_brokers = brokers.clone();
+            let replay_topic = raw_topic.clone();
+            let files = args.replay.clone();
+            tokio::spawn(async move {
+                let result = async {
+                    let producer = publish::producer(&replay_brokers, &[])?;
+                    let published = publish::publish(
+                        &producer,
+                        &replay_topic,
+                        &files,
+                        publish::Order::EventTime,
+                    )
+                    .await?;
+                    info!(
+                        num_records = published.num_records,
+                        num_invalid = published.num_invalid,
+                        num_failed = published.num_failed,
+                        topic = replay_topic,
+                        "replay files published"
+                    );
+                    anyhow::Ok(())
+                }
+                .await;
+                if let Err(error) = result {
+                    replay_report
+                        .send(Stopped {
+                            role: "replay",
+                            result: Err(error.context("replay failed")),
+                        })
+                        .await
+                        .ok();
+                }
+            });
+        }
         drop(report);
 
         banner(&brokers, embedded.is_some(), &address.to_string(), &raw_topic)?;
-
-        if !args.replay.is_empty() {
-            let producer = publish::producer(&brokers, &[])?;
-            let published = publish::publish(&producer, &raw_topic, &args.replay, publish::Order::EventTime).await?;
-            info!(
-                num_records = published.num_records,
-                num_invalid = published.num_invalid,
-                topic = raw_topic,
-                "replay files published"
-            );
-        }
 
         let mut failure = None;
         tokio::select! {
