@@ -17,6 +17,7 @@ use crate::arrow::{Table, write_stream};
 use crate::auth::Identity;
 use crate::convert::{status_after, status_name};
 use crate::store::{Cursor, Filter, PageKey, Position, Source, Store};
+use tidemark_common::time::now_unix_nano;
 
 /// Longest accepted identifier, name or filter value, in bytes.
 const MAX_TEXT: usize = 512;
@@ -217,12 +218,6 @@ async fn stopped(stopping: Option<&mut watch::Receiver<bool>>) {
         }
         None => std::future::pending().await,
     }
-}
-
-fn now_unix_nano() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 #[tonic::async_trait]

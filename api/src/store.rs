@@ -29,6 +29,7 @@ use tracing::warn;
 
 use crate::convert;
 use crate::error::{Error, Result};
+use tidemark_common::time::now_unix_nano;
 
 const INCIDENTS: &str = "incidents";
 const STATUS: &str = "status";
@@ -324,12 +325,6 @@ fn time_key(unix_nano: i64) -> [u8; 8] {
 fn time_from_key(bytes: &[u8]) -> Option<i64> {
     let raw = u64::from_be_bytes(bytes.try_into().ok()?);
     Some((raw ^ (1 << 63)) as i64)
-}
-
-fn now_unix_nano() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// Removes the evidence of an incident, for lists and change streams.

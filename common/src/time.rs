@@ -74,6 +74,14 @@ pub fn parse_rfc3339(raw: &str) -> Option<i64> {
     seconds.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
 
+/// The system clock, in nanoseconds since the Unix epoch (0 before the epoch, `i64::MAX` past
+/// the year 2262).
+pub fn now_unix_nano() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
 /// Writes `unix_nano` as RFC 3339 UTC with `digits` fractional digits (truncated, at most 9):
 /// `2026-11-20T02:04:02.118Z` with 3.
 pub fn format_rfc3339(unix_nano: i64, digits: usize) -> String {

@@ -44,7 +44,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use rdkafka::client::ClientContext;
@@ -61,6 +61,7 @@ use crate::config::CorrelateConfig;
 use crate::engine::{Engine, Position, Rejected};
 use crate::error::{Error, Result};
 use crate::state::StateStore;
+use tidemark_common::time::now_unix_nano;
 
 /// Header naming an incident's version on the incidents topic.
 pub const HEADER_VERSION: &str = "tidemark-incident-version";
@@ -849,10 +850,4 @@ fn decode_u64(bytes: &[u8]) -> u64 {
 /// A producer id unique to this state directory: the creation time and process id, in hex.
 fn new_producer_id() -> String {
     format!("{:x}-{:x}", now_unix_nano(), std::process::id())
-}
-
-fn now_unix_nano() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }

@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prost::Message as _;
 use rdkafka::ClientConfig;
@@ -32,6 +32,7 @@ use tracing::{info, warn};
 use crate::config::IngestConfig;
 use crate::decode::{self, RecordContext};
 use crate::error::{Error, Result};
+use tidemark_common::time::now_unix_nano;
 
 /// Header naming the protobuf message type of signal and image-fact records.
 pub const HEADER_SCHEMA: &str = "tidemark-schema";
@@ -530,10 +531,4 @@ fn producer_max_bytes(config: &IngestConfig) -> usize {
         .max_output_bytes
         .max(config.limits.max_dead_letter_bytes)
         + 65_536
-}
-
-fn now_unix_nano() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }

@@ -25,6 +25,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use serde::{Deserialize, Serialize};
+use tidemark_common::time::now_unix_nano;
 use tidemark_ingest::decode::earliest_event_time;
 use tidemark_ingest::input::{self, Piece};
 use tidemark_proto::v1;
@@ -258,12 +259,6 @@ impl Drop for Tidemark {
         self.child.kill().ok();
         self.child.wait().ok();
     }
-}
-
-fn now_unix_nano() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// Reads every generated file and orders the records by event time.

@@ -2,7 +2,6 @@
 
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use tidemark_ingest::decode::{self, InputFormat, RecordContext};
@@ -16,9 +15,7 @@ pub(crate) fn run(files: &[PathBuf], format: &str, cluster: &str) -> anyhow::Res
         .into_iter()
         .find(|f| f.name() == format)
         .with_context(|| format!("unknown format `{format}`"))?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64);
+    let now = tidemark_common::time::now_unix_nano();
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut stderr = std::io::stderr().lock();

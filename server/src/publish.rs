@@ -2,7 +2,7 @@
 //! for backfill, demos and load tests. `tidemark run --replay` uses it against its embedded
 //! broker.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use rdkafka::ClientConfig;
@@ -52,18 +52,6 @@ pub(crate) fn producer(
         .context("failed to create the Kafka producer")
 }
 
-fn read(file: &Path) -> anyhow::Result<(String, Vec<u8>)> {
-    if file == Path::new("-") {
-        let mut content = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut content)
-            .context("failed to read standard input")?;
-        return Ok(("<stdin>".to_owned(), content));
-    }
-    let content =
-        std::fs::read(file).with_context(|| format!("failed to read `{}`", file.display()))?;
-    Ok((file.display().to_string(), content))
-}
-
 /// The order records are sent in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Order {
@@ -88,11 +76,9 @@ pub(crate) async fn publish(
     let mut published = Published::default();
     let contents = files
         .iter()
-        .map(|file| read(file))
+        .map(|file| crate::normalize::read(file))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let now = tidemark_common::time::now_unix_nano();
     let mut records: Vec<(i64, Origin<'_>, &[u8])> = Vec::new();
     for (name, content) in &contents {
         let mut previous = i64::MIN;

@@ -3,7 +3,6 @@
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use tidemark_correlator::engine::Engine;
@@ -51,9 +50,7 @@ pub(crate) fn load_policy(path: Option<&Path>) -> anyhow::Result<Policy> {
 /// Runs a replay. Returns whether every record decoded and was correlated.
 pub(crate) fn run(args: &ReplayArgs) -> anyhow::Result<bool> {
     let policy = load_policy(args.policy.as_deref())?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let now = tidemark_common::time::now_unix_nano();
 
     let mut stderr = std::io::stderr().lock();
     let mut all_ok = true;
