@@ -108,6 +108,19 @@ fn check_text(field: &str, value: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Checks a `[start, end)` range where 0 leaves a side open.
+fn check_time_range(start_unix_nano: i64, end_unix_nano: i64) -> Result<(), Status> {
+    if start_unix_nano < 0 || end_unix_nano < 0 {
+        return Err(Status::invalid_argument("times must not be negative"));
+    }
+    if end_unix_nano != 0 && end_unix_nano <= start_unix_nano {
+        return Err(Status::invalid_argument(
+            "`end_unix_nano` must be after `start_unix_nano`",
+        ));
+    }
+    Ok(())
+}
+
 fn check_id(id: &str) -> Result<(), Status> {
     if id.is_empty() {
         return Err(Status::invalid_argument("`id` is required"));
@@ -121,14 +134,7 @@ fn check_id(id: &str) -> Result<(), Status> {
 ///
 /// Returns INVALID_ARGUMENT naming the first bad field.
 pub fn filter_from_request(request: &v1::ListIncidentsRequest) -> Result<Filter, Status> {
-    if request.start_unix_nano < 0 || request.end_unix_nano < 0 {
-        return Err(Status::invalid_argument("times must not be negative"));
-    }
-    if request.end_unix_nano != 0 && request.end_unix_nano <= request.start_unix_nano {
-        return Err(Status::invalid_argument(
-            "`end_unix_nano` must be after `start_unix_nano`",
-        ));
-    }
+    check_time_range(request.start_unix_nano, request.end_unix_nano)?;
     for severity in &request.severities {
         match v1::Severity::try_from(*severity) {
             Ok(v1::Severity::Unspecified) | Err(_) => {
@@ -450,14 +456,7 @@ impl IncidentService for IncidentApi {
         if request.workload.contains('\0') {
             return Err(Status::invalid_argument("`workload` must not contain NUL"));
         }
-        if request.start_unix_nano < 0 || request.end_unix_nano < 0 {
-            return Err(Status::invalid_argument("times must not be negative"));
-        }
-        if request.end_unix_nano != 0 && request.end_unix_nano <= request.start_unix_nano {
-            return Err(Status::invalid_argument(
-                "`end_unix_nano` must be after `start_unix_nano`",
-            ));
-        }
+        check_time_range(request.start_unix_nano, request.end_unix_nano)?;
         let after = if request.page_token.is_empty() {
             None
         } else {

@@ -228,26 +228,16 @@ pub struct Filter {
 impl Filter {
     /// Whether `incident` matches.
     pub fn matches(&self, incident: &v1::Incident) -> bool {
-        static NO_WORKLOAD: v1::IncidentWorkload = v1::IncidentWorkload {
-            key: String::new(),
-            platform: String::new(),
-            cluster: String::new(),
-            namespace: String::new(),
-            kind: String::new(),
-            name: String::new(),
-            account: String::new(),
-            region: String::new(),
-        };
-        let workload = incident.workload.as_ref().unwrap_or(&NO_WORKLOAD);
+        let workload = incident.workload.as_ref();
         (self.start_unix_nano == 0 || incident.last_seen_unix_nano >= self.start_unix_nano)
             && (self.end_unix_nano == 0 || incident.first_seen_unix_nano < self.end_unix_nano)
             && (self.severities.is_empty() || self.severities.contains(&incident.severity))
             && (self.statuses.is_empty() || self.statuses.contains(&incident.status))
-            && (self.cluster.is_empty() || workload.cluster == self.cluster)
-            && (self.namespace.is_empty() || workload.namespace == self.namespace)
+            && (self.cluster.is_empty() || workload.is_some_and(|w| w.cluster == self.cluster))
+            && (self.namespace.is_empty()
+                || workload.is_some_and(|w| w.namespace == self.namespace))
             && (self.workload.is_empty()
-                || workload.key == self.workload
-                || workload.name == self.workload)
+                || workload.is_some_and(|w| w.key == self.workload || w.name == self.workload))
             && (self.stage.is_empty() || incident.stages.contains(&self.stage))
             && (self.technique.is_empty() || incident.techniques.contains(&self.technique))
     }

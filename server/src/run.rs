@@ -65,15 +65,15 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let embedded: Option<MockCluster<'static, DefaultProducerContext>> = match &args.brokers {
-        Some(_) => None,
-        None => Some(start_embedded(&ingest, &correlate, &api)?),
-    };
-    let brokers = match (&args.brokers, &embedded) {
-        (Some(brokers), _) => brokers.clone(),
-        (None, Some(cluster)) => cluster.bootstrap_servers(),
-        (None, None) => unreachable!("an embedded cluster exists without --brokers"),
-    };
+    let (embedded, brokers): (Option<MockCluster<'static, DefaultProducerContext>>, String) =
+        match &args.brokers {
+            Some(brokers) => (None, brokers.clone()),
+            None => {
+                let cluster = start_embedded(&ingest, &correlate, &api)?;
+                let brokers = cluster.bootstrap_servers();
+                (Some(cluster), brokers)
+            }
+        };
 
     let correlate_dir = args.data_dir.join("correlate");
     let api_dir = args.data_dir.join("api");
