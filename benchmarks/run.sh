@@ -2,8 +2,13 @@
 # Regenerates benchmarks/REPORT.md and its plots: builds tidemark in release, generates a fleet
 # (seed 7; EVENTS records, 1,000,000 by default), drives it through `tidemark run` on the
 # embedded broker twice with `tidemark-loadtest run` (flat out, then at half the sustained rate
-# measured flat out), and renders the report. Needs python3; installs matplotlib with pip into a
-# virtual environment under the target directory. Takes about 10 minutes after the build.
+# measured flat out), replays the same files side by side with tidemark, the Elastic EQL engine
+# and rsigma (benchmarks/compare/), and renders the report.
+#
+# Needs python3. The comparison's engines are benchmark tools, not tidemark dependencies: `eql`
+# (and matplotlib, PyYAML) are installed with pip into virtual environments under the target
+# directory, and rsigma with `cargo install` into BENCH_TOOLS (default /var/tmp/tidemark-bench-
+# tools). Takes about 25 minutes after the build, plus about 10 for rsigma's first install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
@@ -24,4 +29,19 @@ if [ ! -x "$work/venv/bin/python" ]; then
   python3 -m venv "$work/venv"
   "$work/venv/bin/pip" install --quiet matplotlib
 fi
+if [ ! -x "$work/compare-venv/bin/python" ]; then
+  python3 -m venv "$work/compare-venv"
+  "$work/compare-venv/bin/pip" install --quiet eql==1.0.1 pyyaml
+fi
+tools="${BENCH_TOOLS:-/var/tmp/tidemark-bench-tools}"
+if [ ! -x "$tools/bin/rsigma" ]; then
+  # rsigma 0.23.0 is the newest release that builds with Rust 1.95; it does not build without
+  # its default features.
+  CARGO_TARGET_DIR="$tools/target" cargo install rsigma --version 0.23.0 --locked \
+    --features daachorse-index --root "$tools"
+fi
+"$work/compare-venv/bin/python" benchmarks/compare/compare.py --fleet "$work/fleet" \
+  --tidemark "$bin/tidemark" --rsigma "$tools/bin/rsigma" \
+  --eql-python "$work/compare-venv/bin/python" --policy config/policy.example.yaml \
+  --work "$work/compare" --out benchmarks/results/compare.json
 "$work/venv/bin/python" benchmarks/report.py benchmarks/results benchmarks
