@@ -61,6 +61,8 @@ impl Materializer {
             // A partition without a stored position, or whose position retention has passed,
             // is read from its oldest record: never skipped to the end.
             .set("auto.offset.reset", "earliest");
+        let (key, value) = tidemark_common::kafka::FETCH_WAIT_MAX_MS;
+        client.set(key, value);
         for (key, value) in &config.kafka.properties {
             client.set(key, value);
         }

@@ -294,7 +294,12 @@ impl<S: StateStore + Sync + 'static> CorrelateWorker<S> {
         for (key, value) in &config.kafka.properties {
             common.set(key, value);
         }
-        let signals: BaseConsumer<ResumeFromState<S>> = common
+        let mut consumer_config = common.clone();
+        let (key, value) = tidemark_common::kafka::FETCH_WAIT_MAX_MS;
+        if !config.kafka.properties.contains_key(key) {
+            consumer_config.set(key, value);
+        }
+        let signals: BaseConsumer<ResumeFromState<S>> = consumer_config
             .clone()
             .set("group.id", &config.kafka.group_id)
             .set("enable.auto.commit", "false")
@@ -304,7 +309,7 @@ impl<S: StateStore + Sync + 'static> CorrelateWorker<S> {
                 engine: Arc::clone(&engine),
             })
             .map_err(kafka("signals consumer creation"))?;
-        let facts: BaseConsumer<ReadsToEnd> = common
+        let facts: BaseConsumer<ReadsToEnd> = consumer_config
             .clone()
             .set("group.id", format!("{}-image-facts", config.kafka.group_id))
             .set("enable.auto.commit", "false")

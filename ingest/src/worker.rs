@@ -135,8 +135,12 @@ impl IngestWorker {
         for (key, value) in &config.kafka.properties {
             common.set(key, value);
         }
-        let consumer: StreamConsumer = common
-            .clone()
+        let mut consumer_config = common.clone();
+        let (key, value) = tidemark_common::kafka::FETCH_WAIT_MAX_MS;
+        if !config.kafka.properties.contains_key(key) {
+            consumer_config.set(key, value);
+        }
+        let consumer: StreamConsumer = consumer_config
             .set("group.id", &config.kafka.group_id)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
