@@ -125,6 +125,15 @@ enum Command {
         #[arg(long, default_value = "")]
         cluster: String,
     },
+    /// Run only the embedded Kafka broker, with every topic the roles use, until Ctrl-C or
+    /// SIGTERM.
+    ///
+    /// For running `tidemark ingest`, `correlate` and `api` as separate processes on one
+    /// machine, as they run in production, without a Kafka cluster: point each role at the
+    /// address it logs. The broker is librdkafka's mock cluster: in memory, nothing survives a
+    /// restart. The topic names follow the roles' configuration (`TIDEMARK_INGEST__*`,
+    /// `TIDEMARK_CORRELATE__*`, `TIDEMARK_API__*` variables).
+    Broker,
     /// Send telemetry files to a raw topic, one Kafka record per JSON record.
     Publish {
         /// Bootstrap servers, comma-separated.
@@ -222,6 +231,9 @@ fn main() -> ExitCode {
             })
             .map(|()| ExitCode::SUCCESS)
         }),
+        Command::Broker => tidemark_env()
+            .and_then(run::broker)
+            .map(|()| ExitCode::SUCCESS),
         Command::Publish {
             brokers,
             topic,

@@ -240,6 +240,24 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Runs only the embedded broker, with every topic the roles use, until Ctrl-C or SIGTERM.
+pub(crate) fn broker(env: Vec<(String, String)>) -> anyhow::Result<()> {
+    let ingest =
+        IngestConfig::load(None, env.clone()).context("failed to load the ingest configuration")?;
+    let correlate = CorrelateConfig::load(None, env.clone())
+        .context("failed to load the correlate configuration")?;
+    let api = ApiConfig::load(None, env).context("failed to load the api configuration")?;
+    let cluster = start_embedded(&ingest, &correlate, &api)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(crate::shutdown_signal());
+    info!("stopping the embedded broker");
+    drop(cluster);
+    Ok(())
+}
+
 /// Starts the embedded broker and creates every topic the roles use.
 fn start_embedded(
     ingest: &IngestConfig,
