@@ -51,11 +51,12 @@ enum Command {
         #[arg(long, default_value = "prod-eu")]
         cluster: String,
     },
-    /// Drive generated telemetry through `tidemark run` on Kafka and measure it.
+    /// Drive generated telemetry through tidemark's roles on Kafka and measure it.
     ///
-    /// Starts `tidemark run` (an embedded broker on 127.0.0.1 unless `--brokers` is given),
-    /// publishes every record of the generated files to the raw topic in event-time order, at
-    /// `--rate` or flat out, watches the incident API, and reports throughput, CPU and memory,
+    /// Starts `tidemark broker` (an embedded broker on 127.0.0.1) unless `--brokers` is given,
+    /// and `tidemark ingest`, `correlate` and `api`, each a process of its own; publishes every
+    /// record of the generated files to the raw topic in event-time order, at `--rate` or flat
+    /// out; watches the incident API; and reports throughput, CPU and memory of each process,
     /// detection latency, recall and precision against `truth.json`, and dead-letter and late
     /// counts.
     Run {

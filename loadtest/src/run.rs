@@ -1,17 +1,19 @@
 //! `tidemark-loadtest run`: drives a generated fleet through the whole pipeline on Kafka and
 //! measures it.
 //!
-//! It starts `tidemark run` as a child process (embedded broker by default, or `--brokers`),
+//! It starts the embedded broker (`tidemark broker`, unless `--brokers` names a cluster) and
+//! each role as a process of its own (`tidemark ingest`, `correlate`, `api`, as in production),
 //! publishes the generated records to the raw topic in event-time order, at a target rate or
 //! flat out (as fast as ingest and correlate take them: the publisher never runs more than a
-//! bounded backlog ahead of their committed offsets), watches the incident API, and when ingest and correlate have consumed everything
-//! reports: sustained events/s, CPU seconds per million events and peak RSS of the tidemark
-//! process (all roles share it), detection latency per attack (from the moment the record
-//! carrying the deciding evidence was handed to Kafka to the moment the incident showed every
-//! expected stage in the API), recall and precision against the ground truth, and the
+//! bounded backlog ahead of their committed offsets), watches the incident API, and when ingest
+//! and correlate have consumed everything reports: sustained events/s, CPU seconds per million
+//! events and peak RSS of each process, detection latency per attack (from the moment the
+//! record carrying the deciding evidence was handed to Kafka to the moment the incident showed
+//! every expected stage in the API), recall and precision against the ground truth, and the
 //! dead-letter and late counts.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -105,11 +107,13 @@ pub(crate) struct Report {
     publish_secs: f64,
     /// Records per second from the first send until ingest and correlate had consumed all.
     sustained_events_per_sec: f64,
-    /// CPU seconds of the tidemark process (ingest, correlate and api together) per million
-    /// records.
+    /// CPU seconds of the tidemark roles (ingest, correlate and api together, not the broker)
+    /// per million records.
     cpu_secs_per_million: f64,
-    /// Peak resident memory of the tidemark process, MiB.
+    /// Peak resident memory of the roles added up, MiB.
     peak_rss_mib: f64,
+    /// Each process on its own.
+    processes: Vec<ProcessUsage>,
     latency_p50_secs: Option<f64>,
     latency_p99_secs: Option<f64>,
     attacks: usize,
@@ -131,42 +135,34 @@ pub(crate) struct Report {
     progress: Vec<(f64, u64)>,
 }
 
-/// `tidemark run` as a child process, stopped when dropped.
-struct Tidemark {
+/// CPU and memory of one process of the run.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ProcessUsage {
+    /// `ingest`, `correlate`, `api`, or `broker` (the embedded broker, not part of tidemark).
+    process: &'static str,
+    /// CPU seconds (user and system) per million records.
+    cpu_secs_per_million: f64,
+    /// Peak resident memory, MiB.
+    peak_rss_mib: f64,
+}
+
+/// One tidemark process (a role, or the embedded broker), stopped when dropped.
+struct Process {
+    name: &'static str,
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
 }
 
-impl Tidemark {
-    fn start(options: &RunOptions, cluster: &str, data_dir: &Path) -> anyhow::Result<Tidemark> {
-        let mut command = Command::new(&options.tidemark);
-        command
-            .arg("run")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--grpc-listen")
-            .arg(&options.grpc_listen)
-            .arg("--policy")
-            .arg(&options.policy)
-            .arg("--cluster")
-            .arg(cluster)
+impl Process {
+    /// Starts `tidemark <args>`; its warnings and errors are echoed with its name.
+    fn start(name: &'static str, tidemark: &Path, args: &[&OsStr]) -> anyhow::Result<Process> {
+        let mut child = Command::new(tidemark)
+            .args(args)
             .env("TIDEMARK_LOG", "info")
-            // Limits that suit a load test: big batches, fewer progress lines.
-            .env("TIDEMARK_CORRELATE__LIMITS__MAX_BATCH_RECORDS", "8192")
-            // Commit often, so that the publisher's flow control sees ingest's progress.
-            .env(
-                "TIDEMARK_INGEST__KAFKA__PROPERTIES__AUTO.COMMIT.INTERVAL.MS",
-                // Quoted: the value is read as YAML, and librdkafka properties are strings.
-                "'100'",
-            )
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(brokers) = &options.brokers {
-            command.arg("--brokers").arg(brokers);
-        }
-        let mut child = command
+            .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("cannot start `{}`", options.tidemark.display()))?;
+            .with_context(|| format!("cannot start `{}` {name}", tidemark.display()))?;
         let stderr = child.stderr.take().context("no standard error")?;
         let (sender, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -174,50 +170,35 @@ impl Tidemark {
                 let Ok(line) = line else { break };
                 if line.contains("ERROR") || line.contains("WARN") {
                     let mut err = std::io::stderr().lock();
-                    writeln!(err, "tidemark | {line}").ok();
+                    writeln!(err, "{name} | {line}").ok();
                 }
                 if sender.send(line).is_err() {
                     break;
                 }
             }
         });
-        Ok(Tidemark { child, lines })
+        Ok(Process { name, child, lines })
     }
 
-    /// Waits until a line containing each of `needles` has been logged, in any order, and
-    /// returns those lines.
-    fn wait_for_lines(&self, needles: &[&str], timeout: Duration) -> anyhow::Result<Vec<String>> {
-        let deadline = Instant::now() + timeout;
-        let mut found: Vec<Option<String>> = vec![None; needles.len()];
+    /// Waits until a line containing `needle` has been logged, and returns it.
+    fn wait_for_line(&self, needle: &str, deadline: Instant) -> anyhow::Result<String> {
         while Instant::now() < deadline {
-            if found.iter().all(Option::is_some) {
-                return Ok(found.into_iter().flatten().collect());
-            }
             match self.lines.recv_timeout(Duration::from_millis(200)) {
-                Ok(line) => {
-                    for (needle, slot) in needles.iter().zip(found.iter_mut()) {
-                        if slot.is_none() && line.contains(needle) {
-                            *slot = Some(line.clone());
-                        }
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!("tidemark exited before logging {needles:?}")
+                    bail!("tidemark {} exited before logging `{needle}`", self.name)
                 }
             }
         }
-        if found.iter().all(Option::is_some) {
-            return Ok(found.into_iter().flatten().collect());
-        }
-        bail!("tidemark did not log {needles:?} in time")
+        bail!("tidemark {} did not log `{needle}` in time", self.name)
     }
 
     /// CPU seconds (user + system) and peak RSS in bytes, from `/proc`.
     fn usage(&self) -> anyhow::Result<(f64, u64)> {
         let pid = self.child.id();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .context("cannot read the tidemark process's /proc stat (Linux only)")?;
+            .context("cannot read a tidemark process's /proc stat (Linux only)")?;
         let fields: Vec<&str> = stat
             .rsplit_once(')')
             .map(|(_, rest)| rest.split_whitespace().collect())
@@ -244,9 +225,9 @@ impl Tidemark {
     }
 }
 
-impl Drop for Tidemark {
+impl Drop for Process {
     fn drop(&mut self) {
-        // SIGTERM first, so that the roles stop cleanly; SIGKILL if that takes too long.
+        // SIGTERM first, so that the role stops cleanly; SIGKILL if that takes too long.
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().ok();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -258,6 +239,104 @@ impl Drop for Tidemark {
         }
         self.child.kill().ok();
         self.child.wait().ok();
+    }
+}
+
+/// The processes of a run: each role on its own, as in production, so that each role's CPU
+/// and memory are measured apart, and the embedded broker (`tidemark broker`) unless a Kafka
+/// cluster was given. The roles stop before the broker.
+struct Pipeline {
+    roles: Vec<Process>,
+    broker: Option<Process>,
+    brokers: String,
+}
+
+impl Pipeline {
+    /// Starts the broker and the roles, and returns once every role is ready.
+    fn start(options: &RunOptions, cluster: &str, data_dir: &Path) -> anyhow::Result<Pipeline> {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let (broker, brokers) = match &options.brokers {
+            Some(brokers) => (None, brokers.clone()),
+            None => {
+                let broker = Process::start("broker", &options.tidemark, &["broker".as_ref()])?;
+                let line = broker.wait_for_line("embedded Kafka broker started", deadline)?;
+                let address = line
+                    .split("brokers=\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .context("tidemark broker logged no address")?
+                    .to_owned();
+                (Some(broker), address)
+            }
+        };
+        // YAML is a superset of JSON: each role reads these files as its configuration.
+        let configs = [
+            (
+                "ingest",
+                serde_json::json!({
+                    "kafka": {
+                        "brokers": brokers,
+                        // Commit often, so that the publisher's flow control sees progress.
+                        "properties": {"auto.commit.interval.ms": "100"},
+                    },
+                    "topics": {"raw": [{"name": RAW_TOPIC, "cluster": cluster}]},
+                }),
+                "ingest started",
+            ),
+            (
+                "correlate",
+                serde_json::json!({
+                    "kafka": {"brokers": brokers},
+                    "state": {"dir": data_dir.join("correlate"), "policy": options.policy},
+                    // Big batches suit a load test.
+                    "limits": {"max_batch_records": 8192},
+                }),
+                "signals partitions assigned",
+            ),
+            (
+                "api",
+                serde_json::json!({
+                    "kafka": {"brokers": brokers},
+                    "store": {"dir": data_dir.join("api")},
+                    "server": {"listen": options.grpc_listen},
+                }),
+                "incident store is up to date",
+            ),
+        ];
+        let mut roles = Vec::new();
+        let mut ready = Vec::new();
+        for (role, config, needle) in configs {
+            let path = data_dir.join(format!("{role}.yaml"));
+            std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+            let args = [role.as_ref(), "--config".as_ref(), path.as_os_str()];
+            roles.push(Process::start(role, &options.tidemark, &args)?);
+            ready.push(needle);
+        }
+        for (process, needle) in roles.iter().zip(ready) {
+            process.wait_for_line(needle, deadline)?;
+        }
+        Ok(Pipeline {
+            roles,
+            broker,
+            brokers,
+        })
+    }
+
+    /// Each process's usage, the roles first.
+    fn usage(&self, num_records: u64) -> anyhow::Result<Vec<ProcessUsage>> {
+        let millions = (num_records as f64 / 1e6).max(1e-9);
+        self.roles
+            .iter()
+            .chain(&self.broker)
+            .map(|process| {
+                let (cpu_secs, peak_rss) = process.usage()?;
+                Ok(ProcessUsage {
+                    process: process.name,
+                    cpu_secs_per_million: cpu_secs / millions,
+                    peak_rss_mib: peak_rss as f64 / (1024.0 * 1024.0),
+                })
+            })
+            .collect()
     }
 }
 
@@ -390,25 +469,9 @@ pub(crate) async fn run(options: &RunOptions) -> anyhow::Result<Report> {
     drop(err);
 
     let data_dir = tempfile::tempdir()?;
-    let tidemark = Tidemark::start(options, &truth.cluster, data_dir.path())?;
     // Publish only once every role is ready, so that start-up is not counted as latency.
-    let mut needles = vec![
-        "incident store is up to date",
-        "signals partitions assigned",
-    ];
-    if options.brokers.is_none() {
-        needles.push("embedded Kafka broker started");
-    }
-    let lines = tidemark.wait_for_lines(&needles, Duration::from_secs(180))?;
-    let brokers = match &options.brokers {
-        Some(brokers) => brokers.clone(),
-        None => lines[2]
-            .split("brokers=\"")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .context("tidemark logged no broker address")?
-            .to_owned(),
-    };
+    let pipeline = Pipeline::start(options, &truth.cluster, data_dir.path())?;
+    let brokers = pipeline.brokers.clone();
     let mut client = connect(&options.grpc_listen, deadline).await?;
 
     // Every change, with the moment it was seen.
@@ -536,7 +599,10 @@ pub(crate) async fn run(options: &RunOptions) -> anyhow::Result<Report> {
     let processing_secs = (consumed_at - publish_started).as_secs_f64();
     // Let the api read the last incident versions.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (cpu_secs, peak_rss) = tidemark.usage()?;
+    let processes = pipeline.usage(num_records)?;
+    let roles = processes.iter().filter(|p| p.process != "broker");
+    let cpu_secs_per_million = roles.clone().map(|p| p.cpu_secs_per_million).sum();
+    let peak_rss_mib = roles.map(|p| p.peak_rss_mib).sum();
 
     let counter: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -633,8 +699,9 @@ pub(crate) async fn run(options: &RunOptions) -> anyhow::Result<Report> {
         target_rate: options.rate,
         publish_secs,
         sustained_events_per_sec: num_records as f64 / processing_secs.max(1e-9),
-        cpu_secs_per_million: cpu_secs / (num_records as f64 / 1e6).max(1e-9),
-        peak_rss_mib: peak_rss as f64 / (1024.0 * 1024.0),
+        cpu_secs_per_million,
+        peak_rss_mib,
+        processes,
         latency_p50_secs: percentile(&latencies, 0.50),
         latency_p99_secs: percentile(&latencies, 0.99),
         attacks: truth.attacks.len(),
@@ -697,14 +764,21 @@ pub(crate) fn print(report: &Report, out: &mut impl std::io::Write) -> std::io::
     )?;
     writeln!(
         out,
-        "CPU                     {:.1} s per million events (all roles)",
+        "CPU                     {:.1} s per million events (ingest, correlate and api)",
         report.cpu_secs_per_million
     )?;
     writeln!(
         out,
-        "peak RSS                {:.0} MiB (all roles, one process)",
+        "peak RSS                {:.0} MiB (the three roles added up)",
         report.peak_rss_mib
     )?;
+    for process in &report.processes {
+        writeln!(
+            out,
+            "  {:<21} {:.1} CPU s per million events, peak RSS {:.0} MiB",
+            process.process, process.cpu_secs_per_million, process.peak_rss_mib
+        )?;
+    }
     writeln!(
         out,
         "detection latency       p50 {}, p99 {}",
