@@ -8,7 +8,7 @@ Both rule sets say the same thing, in each language's best form, over the flat e
 | unapproved-deploy-miner-pool | workload deployed with an image outside the approved registries and digests; miner process; pool connection | deploy, execution, impact |
 | access-miner-pool | exec/attach/ephemeral container; miner process; pool connection | implant, execution, impact |
 | untrusted-change-miner | workload changed by an identity that is not a trusted deployer; miner process | implant, execution |
-| untrusted-push-miner | push by an identity that is not a trusted pusher; miner process running that digest (joined by image digest, not workload) | image, execution |
+| untrusted-push-miner | push by an identity that is not a trusted pusher; miner process running that image (joined by digest and repository, not workload: one image pushed to several repositories has one digest) | image, execution |
 | miner-pool | miner process; pool connection | execution, impact |
 | miner-task-definition | one event: a workload deployed with an unapproved image whose container command carries a miner marker | deploy, execution |
 
@@ -114,8 +114,8 @@ def eql_rules(ind: Indicators, window: str) -> list:
         "untrusted-change-miner": f"sequence by workload_key {span}\n"
         f"  [workload where {untrusted_deployer}]\n  [any where {miner}]",
         "untrusted-push-miner": f"sequence {span}\n"
-        f"  [registry where {untrusted_pusher}] by image_digest\n"
-        f"  [any where {miner}] by image_digest",
+        f"  [registry where {untrusted_pusher}] by image_digest, image_repository\n"
+        f"  [any where {miner}] by image_digest, image_repository",
         "miner-pool": f"sequence by workload_key {span}\n  [any where {miner}]\n  [any where {pool}]",
         "miner-task-definition": f"workload where {unapproved} and {command_in_container}",
     }
@@ -226,7 +226,11 @@ def sigma_rules(ind: Indicators, window: str) -> list:
             "access-miner-pool", ["container-access", "miner-process", "pool-connection"], ["workload_key"]
         ),
         correlation("untrusted-change-miner", ["untrusted-change", "miner-process"], ["workload_key"]),
-        correlation("untrusted-push-miner", ["untrusted-push", "miner-process"], ["image_digest"]),
+        correlation(
+            "untrusted-push-miner",
+            ["untrusted-push", "miner-process"],
+            ["image_digest", "image_repository"],
+        ),
         correlation("miner-pool", ["miner-process", "pool-connection"], ["workload_key"]),
     ]
     return docs
