@@ -317,11 +317,16 @@ impl<S: StateStore + Sync + 'static> CorrelateWorker<S> {
             .set("enable.partition.eof", "true")
             .create_with_context(ReadsToEnd)
             .map_err(kafka("image-facts consumer creation"))?;
-        let producer: ThreadedProducer<DeliveryReports> = common
-            .clone()
+        let mut producer_config = common.clone();
+        // Incidents and late signals are few: compress them well. `kafka.properties` may
+        // change either default.
+        for (key, value) in [("compression.type", "zstd"), ("linger.ms", "5")] {
+            if !config.kafka.properties.contains_key(key) {
+                producer_config.set(key, value);
+            }
+        }
+        let producer: ThreadedProducer<DeliveryReports> = producer_config
             .set("enable.idempotence", "true")
-            .set("compression.type", "zstd")
-            .set("linger.ms", "5")
             .create_with_context(DeliveryReports::default())
             .map_err(kafka("producer creation"))?;
 
