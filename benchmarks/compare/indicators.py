@@ -97,7 +97,8 @@ def load(repo: Path, policy_path: Path) -> Indicators:
         elif name in ("miner_domains", "https_miner_domains", "http_miner_domains"):
             domains.update(_domain(str(d)) for d in item["items"])
 
-    sigma_cmd = yaml.safe_load((lists / "sigma" / "proc_creation_lnx_crypto_mining.yml").read_text())
+    sigma_rule = lists / "sigma" / "proc_creation_lnx_crypto_mining.yml"
+    sigma_cmd = yaml.safe_load(sigma_rule.read_text())
     markers.update(m.lower() for m in sigma_cmd["detection"]["selection"]["CommandLine|contains"])
     for rule_file in (lists / "sigma").glob("*.yml"):
         selection = yaml.safe_load(rule_file.read_text())["detection"].get("selection", {})

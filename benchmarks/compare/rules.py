@@ -1,28 +1,44 @@
 """The chain written as rules for the Elastic EQL engine and for Sigma (rsigma).
 
 Both rule sets say the same thing, in each language's best form, over the flat events of
-`events.py`, with the indicator lists and policy of `indicators.py`:
+`events.py`, with the indicator lists and policy of `indicators.py`. Each rule is a sequence of
+steps, in order, on one workload within the correlation window:
 
-| rule | steps (in order, one workload) | stages |
-|---|---|---|
-| unapproved-deploy-miner-pool | workload deployed with an image outside the approved registries and digests; miner process; pool connection | deploy, execution, impact |
-| access-miner-pool | exec/attach/ephemeral container; miner process; pool connection | implant, execution, impact |
-| untrusted-change-miner | workload changed by an identity that is not a trusted deployer; miner process | implant, execution |
-| untrusted-push-miner | push by an identity that is not a trusted pusher; miner process running that image (joined by digest and repository, not workload: one image pushed to several repositories has one digest) | image, execution |
-| miner-pool | miner process; pool connection | execution, impact |
-| miner-task-definition | one event: a workload deployed with an unapproved image whose container command carries a miner marker | deploy, execution |
+- `unapproved-deploy-miner-pool` (deploy, execution, impact): the workload is deployed with an
+  image outside the approved registries and digests; a miner process; a pool connection.
+- `access-miner-pool` (implant, execution, impact): an exec, attach or ephemeral container; a
+  miner process; a pool connection.
+- `untrusted-change-miner` (implant, execution): the workload is changed by an identity that is
+  not a trusted deployer; a miner process.
+- `untrusted-push-miner` (image, execution): a push by an identity that is not a trusted
+  pusher; a miner process running that image. Joined by digest and repository, not workload:
+  one image pushed to several repositories has one digest.
+- `miner-pool` (execution, impact): a miner process; a pool connection.
+- `miner-task-definition` (deploy, execution): one event, a workload deployed with an
+  unapproved image whose container command carries a miner marker.
 
 A "miner process" is an event whose process name is a listed miner binary, or whose command
 line carries a listed marker (stratum URL, xmrig flag, Sigma's markers, an algorithm after
-`-a`/`--algo`, a listed pool domain) or a Monero wallet address. A "pool connection" is a
-connection to a listed pool domain (the host or its registered domain), a listed pool address, or a listed pool
-port on an address outside the private ranges.
+`-a`/`--algo`) or a Monero wallet address. A "pool connection" is a connection to a listed pool
+domain (the host or its registered domain), a listed pool address, or a listed pool port on an
+address outside the private ranges.
+
+Where the two languages differ:
+
+- The EQL engine compares strings, wildcards and regular expressions without regard to case
+  (its default); Sigma's plain values and `contains` do too, but its `re` modifier is
+  case-sensitive, which matters only for the wallet pattern (Monero addresses are mixed case
+  by nature, so both engines read them as written).
+- A Sigma value tested against a list field matches when any element matches, and the language
+  has no "some element does not match": the Sigma rule for an unapproved deploy fires when no
+  container's repository is approved, while the EQL rule (`arraySearch`) fires when any one is
+  not. A workload that runs an unapproved image beside an approved sidecar is found by the EQL
+  rule and missed by the Sigma one.
 
 What neither language can say, tidemark's correlator does: a sequence is joined on one key, so
 the re-pushed tag (joined by digest) and the rollout that picked it up (joined by workload)
 cannot be one match, and a tag re-pushed with a new digest cannot be told from a first push.
 """
-
 import json
 import re
 from pathlib import Path
@@ -45,6 +61,12 @@ def _q(value: str) -> str:
     return json.dumps(value)
 
 
+def _listed(values: list, never="-") -> list:
+    # Neither language accepts an empty list of values; a policy without, say, trusted pushers
+    # gives a list that holds one value no event carries instead.
+    return list(values) or [never]
+
+
 def _wild(field: str, patterns: list) -> str:
     # EQL is three-valued: a function of a missing field is null, and `not null` is null, so
     # every test is guarded to be false, not null, on events without the field.
@@ -54,7 +76,8 @@ def _wild(field: str, patterns: list) -> str:
 def _algorithm_markers() -> list:
     markers = []
     for algorithm in MINER_ALGORITHMS:
-        markers += [f" -a {algorithm}", f" -a={algorithm}", f"--algo {algorithm}", f"--algo={algorithm}"]
+        markers += [f" -a {algorithm}", f" -a={algorithm}"]
+        markers += [f"--algo {algorithm}", f"--algo={algorithm}"]
     return markers
 
 
@@ -63,11 +86,11 @@ def _command_substrings(ind: Indicators) -> list:
     # substrings per process event made the EQL engine about a hundred times slower. tidemark
     # also looks for pool domains in command lines; on the generated fleet every miner command
     # line carries a marker of this list as well.
-    return ind.command_markers + _algorithm_markers()
+    return _listed(ind.command_markers + _algorithm_markers())
 
 
 def _approved_patterns(ind: Indicators) -> list:
-    return [f"{r}/*" for r in ind.approved_registries]
+    return _listed([f"{r}/*" for r in ind.approved_registries])
 
 
 def eql_rules(ind: Indicators, window: str) -> list:
@@ -77,20 +100,23 @@ def eql_rules(ind: Indicators, window: str) -> list:
     # patterns the slowest part of a run.
     markers = "|".join(re.escape(m) for m in _command_substrings(ind))
     command_regex = f".*?(?:{markers})|.*?{WALLET_REGEX}"
+    binaries = ", ".join(_q(b) for b in _listed(ind.binaries))
     miner = (
-        f"(process_name in ({', '.join(_q(b) for b in ind.binaries)})"
-        f" or (process_command_line != null and match(process_command_line, {_q(command_regex)})))"
+        f"(process_name in ({binaries}) or (process_command_line != null"
+        f" and match(process_command_line, {_q(command_regex)})))"
     )
-    domains = ", ".join(_q(d) for d in ind.pool_domains)
+    domains = ", ".join(_q(d) for d in _listed(ind.pool_domains))
+    addresses = ", ".join(_q(a) for a in _listed(ind.pool_addresses))
+    ports = ", ".join(str(p) for p in _listed(ind.pool_ports, -1))
     pool = (
         f"(destination_domain in ({domains}) or destination_registered_domain in ({domains})"
-        f" or destination_ip in ({', '.join(_q(a) for a in ind.pool_addresses)})"
-        f" or (destination_port in ({', '.join(str(p) for p in ind.pool_ports)})"
+        f" or destination_ip in ({addresses})"
+        f" or (destination_port in ({ports})"
         f" and destination_ip != null"
         f" and not cidrMatch(destination_ip, {', '.join(_q(n) for n in PRIVATE_NETWORKS)})))"
     )
     approved = _approved_patterns(ind)
-    digests = ind.approved_digests or ["-"]
+    digests = _listed(ind.approved_digests)
     unapproved = (
         f"(container_repositories != null"
         f" and arraySearch(container_repositories, r, not {_wild('r', approved)})"
@@ -100,11 +126,11 @@ def eql_rules(ind: Indicators, window: str) -> list:
         f"container_commands != null and arraySearch(container_commands, c,"
         f" match(c, {_q(command_regex)}))"
     )
+    deployers = _listed(ind.trusted_deployers)
     untrusted_deployer = (
-        f"not ({_wild('actor_name', ind.trusted_deployers)}"
-        f" or {_wild('actor_on_behalf_of', ind.trusted_deployers)})"
+        f"not ({_wild('actor_name', deployers)} or {_wild('actor_on_behalf_of', deployers)})"
     )
-    untrusted_pusher = f"not {_wild('actor_name', ind.trusted_pushers)}"
+    untrusted_pusher = f"not {_wild('actor_name', _listed(ind.trusted_pushers))}"
     span = f"with maxspan={window}"
     queries = {
         "unapproved-deploy-miner-pool": f"sequence by workload_key {span}\n"
@@ -116,7 +142,8 @@ def eql_rules(ind: Indicators, window: str) -> list:
         "untrusted-push-miner": f"sequence {span}\n"
         f"  [registry where {untrusted_pusher}] by image_digest, image_repository\n"
         f"  [any where {miner}] by image_digest, image_repository",
-        "miner-pool": f"sequence by workload_key {span}\n  [any where {miner}]\n  [any where {pool}]",
+        "miner-pool": f"sequence by workload_key {span}\n"
+        f"  [any where {miner}]\n  [any where {pool}]",
         "miner-task-definition": f"workload where {unapproved} and {command_in_container}",
     }
     return [{"name": n, "stages": STAGES[n], "query": q} for n, q in queries.items()]
@@ -143,33 +170,41 @@ def sigma_rules(ind: Indicators, window: str) -> list:
         return rule
 
     miner = {
-        "selection_name": {"process_name": ind.binaries},
+        "selection_name": {"process_name": _listed(ind.binaries)},
         "selection_command": {"process_command_line|contains": command},
         "selection_wallet": {"process_command_line|re": WALLET_REGEX},
         "condition": "1 of selection_*",
     }
+    domains = _listed(ind.pool_domains)
     pool = {
-        "selection_domain": {"destination_domain": ind.pool_domains},
-        "selection_registered": {"destination_registered_domain": ind.pool_domains},
-        "selection_address": {"destination_ip": ind.pool_addresses},
-        "selection_port": {"destination_port": ind.pool_ports},
+        "selection_domain": {"destination_domain": domains},
+        "selection_registered": {"destination_registered_domain": domains},
+        "selection_address": {"destination_ip": _listed(ind.pool_addresses)},
+        # A port alone, on an event without an address, is not a connection to a pool.
+        "selection_port": {
+            "destination_port": _listed(ind.pool_ports, -1),
+            "destination_ip|exists": True,
+        },
         "filter_private": {"destination_ip|cidr": PRIVATE_NETWORKS},
         "condition": "selection_domain or selection_registered or selection_address"
         " or (selection_port and not filter_private)",
     }
-    approved_prefixes = [f"{r}/" for r in ind.approved_registries]
+    approved_prefixes = _listed([f"{r}/" for r in ind.approved_registries])
+    digests = _listed(ind.approved_digests)
     unapproved = {
         "selection": {"event_type": "workload", "container_repositories|exists": True},
         "filter_approved": {"container_repositories|startswith": approved_prefixes},
-        "filter_digest": {"image_digest": ind.approved_digests or ["-"]},
+        "filter_digest": {"image_digest": digests},
         "condition": "selection and not filter_approved and not filter_digest",
     }
-    trusted = ind.trusted_deployers
+    trusted = _listed(ind.trusted_deployers)
     docs = [
         detection("miner-process", miner),
         detection("pool-connection", pool),
         detection("unapproved-deploy", unapproved),
-        detection("container-access", {"selection": {"event_type": "access"}, "condition": "selection"}),
+        detection(
+            "container-access", {"selection": {"event_type": "access"}, "condition": "selection"}
+        ),
         detection(
             "untrusted-change",
             {
@@ -183,7 +218,7 @@ def sigma_rules(ind: Indicators, window: str) -> list:
             "untrusted-push",
             {
                 "selection": {"event_type": "registry"},
-                "filter_trusted": {"actor_name": ind.trusted_pushers},
+                "filter_trusted": {"actor_name": _listed(ind.trusted_pushers)},
                 "condition": "selection and not filter_trusted",
             },
         ),
@@ -193,7 +228,7 @@ def sigma_rules(ind: Indicators, window: str) -> list:
                 "selection": {"event_type": "workload", "container_repositories|exists": True},
                 "selection_command": {"container_commands|contains": command},
                 "filter_approved": {"container_repositories|startswith": approved_prefixes},
-                "filter_digest": {"image_digest": ind.approved_digests or ["-"]},
+                "filter_digest": {"image_digest": digests},
                 "condition": "selection and selection_command and not filter_approved"
                 " and not filter_digest",
             },
@@ -223,9 +258,13 @@ def sigma_rules(ind: Indicators, window: str) -> list:
             ["workload_key"],
         ),
         correlation(
-            "access-miner-pool", ["container-access", "miner-process", "pool-connection"], ["workload_key"]
+            "access-miner-pool",
+            ["container-access", "miner-process", "pool-connection"],
+            ["workload_key"],
         ),
-        correlation("untrusted-change-miner", ["untrusted-change", "miner-process"], ["workload_key"]),
+        correlation(
+            "untrusted-change-miner", ["untrusted-change", "miner-process"], ["workload_key"]
+        ),
         correlation(
             "untrusted-push-miner",
             ["untrusted-push", "miner-process"],
