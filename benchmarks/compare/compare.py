@@ -4,7 +4,8 @@ Usage:
   compare.py --fleet DIR --tidemark BIN --rsigma BIN --eql-python PYTHON --policy YAML
              --work DIR --out JSON
 
-Steps, each timed on its own (wall and CPU seconds, peak RSS, from the child's rusage):
+Steps, each measured on its own (wall seconds; CPU seconds from the child's rusage; peak RSS
+read from `/proc` while it runs):
 
 1. `tidemark replay` over the raw files of the fleet (every source, in their wire formats):
    decoding, normalizing and correlating over RocksDB state, to the final incidents.
@@ -94,6 +95,12 @@ def main() -> int:
     parser.add_argument("--policy", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--rsigma-flag",
+        action="append",
+        default=[],
+        help="an extra flag for `rsigma engine eval`, such as --cross-rule-ac (repeatable)",
+    )
     args = parser.parse_args()
 
     truth = json.loads((args.fleet / "truth.json").read_text())
@@ -150,11 +157,13 @@ def main() -> int:
         measure = run(
             [args.rsigma, "engine", "eval", "--rules", str(sigma_path), "--event",
              f"@{events_path}", "--no-detections", "--include-event", "--timestamp-field", "time",
-             "--correlation-event-mode", "full", "--max-correlation-events", "4"],
+             "--correlation-event-mode", "full", "--max-correlation-events", "4",
+             *args.rsigma_flag],
             stdout=out,
         )
     matches = sigma_matches(sigma_out)
     result["engines"]["rsigma"] = engine_result(measure, records, "flat events", truth, matches)
+    result["engines"]["rsigma"]["flags"] = args.rsigma_flag
 
     tidemark = result["engines"]["tidemark"]["events_per_sec"]
     for name in ("eql", "rsigma"):

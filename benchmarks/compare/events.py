@@ -19,8 +19,9 @@ Fields of a flat event (absent when the signal has no value):
 - `image_reference`, `image_registry`, `image_repository`, `image_tag`, `image_digest`: the
   signal's image, or for a workload change its first container's image;
 - `verb`, `resource`, `partial`: what a workload change did;
-- `container_registries`, `container_repositories`, `container_commands`: every container of a
-  workload change or container start;
+- `container_registries`, `container_repositories` (`registry/repository`): every container of
+  a workload change or container start; `container_commands`: the commands a workload change
+  sets on its containers (Kubernetes `command`/`args`, ECS overrides), each joined by spaces;
 - `access_kind`, `access_command`;
 - `process_name`, `process_executable`, `process_command_line`, `process_cwd`: the process of a
   process start, a connection or an alert;
@@ -30,7 +31,7 @@ Fields of a flat event (absent when the signal has no value):
 
 import json
 from datetime import datetime, timezone
-from typing import Iterable, Iterator, Optional
+from typing import Iterator, Optional
 
 KINDS = {
     "workloadChanged": "workload",
@@ -86,14 +87,17 @@ def _connection(event: dict, connection: Optional[dict]) -> None:
         event["destination_registered_domain"] = ".".join(domain.split(".")[-2:])
 
 
+def _repository(image: dict) -> Optional[str]:
+    """`registry/repository`, or the repository alone when the image names no registry."""
+    if not image.get("repository"):
+        return None
+    return "/".join(part for part in (image.get("registry"), image["repository"]) if part)
+
+
 def _containers(event: dict, containers: list) -> None:
     images = [c.get("image") or {} for c in containers]
     _set(event, "container_registries", [i.get("registry") for i in images if i.get("registry")])
-    _set(
-        event,
-        "container_repositories",
-        [f"{i.get('registry')}/{i.get('repository')}" for i in images if i.get("repository")],
-    )
+    _set(event, "container_repositories", [r for r in map(_repository, images) if r])
 
 
 def flatten(signal: dict) -> dict:
@@ -113,8 +117,7 @@ def flatten(signal: dict) -> dict:
     image = signal.get("image") or {}
     _set(event, "image_reference", image.get("reference"))
     _set(event, "image_registry", image.get("registry"))
-    if image.get("repository"):
-        event["image_repository"] = f"{image.get('registry')}/{image['repository']}"
+    _set(event, "image_repository", _repository(image))
     _set(event, "image_tag", image.get("tag"))
     _set(event, "image_digest", image.get("digest"))
 

@@ -12,7 +12,8 @@ recalls are reported:
 
 `precision` is over workloads: detected workloads that are attacked, over all detected
 workloads. Benign workloads are single records spread over the fleet, so any detection on one
-is a false positive.
+is a false positive. A detection that names no workload can be neither; it is counted apart,
+as `detections_without_workload`, so that it is seen rather than silently dropped.
 """
 
 from collections import defaultdict
@@ -22,9 +23,12 @@ def score(truth: dict, detections: list) -> dict:
     """`detections`: dicts with `workload` (the truth's key) and `stages` (a list)."""
     attacks = {a["workload"]: set(a["stages"]) for a in truth["attacks"]}
     by_workload = defaultdict(list)
+    without_workload = 0
     for detection in detections:
         if detection.get("workload"):
             by_workload[detection["workload"]].append(set(detection["stages"]))
+        else:
+            without_workload += 1
 
     found_whole, found_union, per_attack = 0, 0, []
     for attack in truth["attacks"]:
@@ -52,6 +56,7 @@ def score(truth: dict, detections: list) -> dict:
         by_pattern[attack["pattern"]][1] += 1
     return {
         "detections": len(detections),
+        "detections_without_workload": without_workload,
         "detected_workloads": len(detected),
         "false_positive_workloads": sorted(detected - set(attacks)),
         "recall": found_whole / total if total else 1.0,
