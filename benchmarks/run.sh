@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates benchmarks/REPORT.md and its plots: builds tidemark in release, generates a fleet
-# (seed 7; EVENTS records, 1,000,000 by default), drives it through `tidemark run` on the
-# embedded broker twice with `tidemark-loadtest run` (flat out, then at half the sustained rate
-# measured flat out), replays the same files side by side with tidemark, the Elastic EQL engine
+# (seed 7; EVENTS records, 1,000,000 by default), drives it twice through Kafka with
+# `tidemark-loadtest run`, which starts the embedded broker (`tidemark broker`) and each role
+# (`tidemark ingest`, `correlate`, `api`) as a process of its own (flat out, then at half the
+# sustained rate measured flat out), replays the same files side by side with tidemark, the Elastic EQL engine
 # and rsigma (benchmarks/compare/), and renders the report.
 #
 # Needs python3. The comparison's engines are benchmark tools, not tidemark dependencies: `eql`
@@ -22,7 +23,8 @@ mkdir -p "$work" benchmarks/results
 "$bin/tidemark-loadtest" generate --seed 7 --events "$events" --attacks 40 --out "$work/fleet"
 "$bin/tidemark-loadtest" run --input "$work/fleet" --tidemark "$bin/tidemark" \
   --report benchmarks/results/flat-out.json
-rate=$(python3 -c "import json; print(int(json.load(open('benchmarks/results/flat-out.json'))['sustained_events_per_sec'] / 2))")
+rate=$(python3 -c "import json, sys; report = json.load(open(sys.argv[1]))
+print(int(report['sustained_events_per_sec'] / 2))" benchmarks/results/flat-out.json)
 "$bin/tidemark-loadtest" run --input "$work/fleet" --tidemark "$bin/tidemark" --rate "$rate" \
   --report benchmarks/results/half-rate.json
 if [ ! -x "$work/venv/bin/python" ]; then

@@ -1,7 +1,7 @@
 //! The load test's run against Kafka, small: generated telemetry through tidemark's roles, each a
-//! process of its own, on the embedded broker finds every injected chain with all its stages and raises nothing else, and
-//! a benign-only fleet raises no incident. Only detection is asserted; the speed figures are
-//! for benchmarks.
+//! process of its own on the embedded broker, finds every injected chain with all its stages and
+//! raises nothing else, and a benign-only fleet raises no incident. Only detection is asserted;
+//! the speed figures are for benchmarks.
 
 #![allow(clippy::unwrap_used)]
 
