@@ -9,8 +9,6 @@
 //! of them node-sensor events, peaked at 3.6 GiB); a backfill larger than memory has to be split
 //! by time range.
 
-use std::hash::Hasher as _;
-
 use prost::Message as _;
 use tidemark_proto::v1::Signal;
 
@@ -20,6 +18,17 @@ use crate::state::StateStore;
 
 /// The topic name replayed signals are applied under.
 pub const REPLAY_TOPIC: &str = "replay";
+
+/// The 64-bit FNV-1a hash of `bytes`. Written out rather than taken from the standard
+/// library, whose hasher may change between Rust releases: the replay order of signals with
+/// equal event times must not depend on the toolchain that built tidemark.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
+}
 
 /// Signals applied per state batch.
 const BATCH_SIZE: usize = 4096;
@@ -60,9 +69,7 @@ pub fn replay<S: StateStore>(
         .enumerate()
         .map(|(index, signal)| {
             let content = content_encoding(signal, &mut buffer);
-            let mut hasher = std::hash::DefaultHasher::new();
-            hasher.write(content);
-            (signal.event_time_unix_nano, hasher.finish(), index)
+            (signal.event_time_unix_nano, fnv1a(content), index)
         })
         .collect();
     order.sort_unstable();
@@ -142,4 +149,16 @@ fn apply_batch<S: StateStore>(
     report.future.extend(outcome.future);
     report.late.extend(outcome.late);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fnv1a;
+
+    #[test]
+    fn tie_break_hash_matches_the_published_fnv1a_vectors() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    }
 }

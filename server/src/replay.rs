@@ -59,7 +59,9 @@ pub(crate) fn run(args: &ReplayArgs) -> anyhow::Result<bool> {
         let (name, content) = crate::normalize::read(file)?;
         // One record a line in NDJSON: reserving for them up front spares the repeated copies
         // of a growing vector of large signals (a tenth of a replay's time on a large backfill).
-        signals.reserve(memchr::memchr_iter(b'\n', &content).count() + 1);
+        // Only lines that open an object are counted, so the many lines of a pretty-printed
+        // document do not reserve room for signals that never come.
+        signals.reserve(memchr::memmem::find_iter(&content, b"\n{").count() + 1);
         let format = InputFormat::Auto;
         all_ok &= decode_content(
             &name,
