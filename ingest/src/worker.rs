@@ -21,11 +21,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message as _;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, ClientContext};
 use tidemark_proto::v1::{RawPointer, signal::Fact};
 use tracing::{info, warn};
 
@@ -114,10 +116,30 @@ struct InFlight {
     deliveries: Vec<(String, DeliveryFuture)>,
 }
 
+/// Logs the raw partitions the group gives this member and takes back, so that an operator
+/// (and the load test, which waits for it) can see when a member starts reading.
+struct LogRebalance;
+
+impl ClientContext for LogRebalance {}
+
+impl ConsumerContext for LogRebalance {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                info!(partitions = partitions.count(), "raw partitions assigned");
+            }
+            Rebalance::Revoke(partitions) => {
+                info!(partitions = partitions.count(), "raw partitions revoked");
+            }
+            Rebalance::Error(error) => warn!(%error, "rebalance error"),
+        }
+    }
+}
+
 /// A member of the ingest consumer group.
 pub struct IngestWorker {
     config: IngestConfig,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LogRebalance>,
     producer: FutureProducer,
     stats: Arc<IngestStats>,
 }
@@ -140,13 +162,13 @@ impl IngestWorker {
         if !config.kafka.properties.contains_key(key) {
             consumer_config.set(key, value);
         }
-        let consumer: StreamConsumer = consumer_config
+        let consumer: StreamConsumer<LogRebalance> = consumer_config
             .set("group.id", &config.kafka.group_id)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .create()
+            .create_with_context(LogRebalance)
             .map_err(|source| Error::Kafka {
                 operation: "consumer creation",
                 source,
@@ -313,7 +335,7 @@ async fn complete_oldest(in_flight: &mut VecDeque<InFlight>) -> Result<InFlight>
 }
 
 /// Stores the position after `retired`, so the next commit resumes after it.
-fn store(consumer: &StreamConsumer, retired: &InFlight, stats: &IngestStats) {
+fn store(consumer: &StreamConsumer<LogRebalance>, retired: &InFlight, stats: &IngestStats) {
     // librdkafka's `rd_kafka_offset_store` stores `offset + 1`, the next offset to read.
     if let Err(error) = consumer.store_offset(&retired.topic, retired.partition, retired.offset) {
         // The partition was revoked meanwhile: its new owner re-reads from the last commit.

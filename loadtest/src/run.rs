@@ -281,7 +281,7 @@ impl Pipeline {
                     },
                     "topics": {"raw": [{"name": RAW_TOPIC, "cluster": cluster}]},
                 }),
-                "ingest started",
+                "raw partitions assigned",
             ),
             (
                 "correlate",
