@@ -393,9 +393,14 @@ impl<S: StateStore + Sync + 'static> CorrelateWorker<S> {
                 last_stats = Instant::now();
             }
         }
-        if let Err(error) = self.signals.commit_consumer_state(CommitMode::Sync) {
+        match self.signals.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            // Nothing was stored since the last commit: there is nothing to commit.
+            Err(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {
+                debug!("no offset to commit at stop");
+            }
             // The offsets are in RocksDB too: the next start resumes from there.
-            warn!(%error, "final offset commit failed");
+            Err(error) => warn!(%error, "final offset commit failed"),
         }
         self.log_stats("stopped");
         Ok(())
