@@ -8,6 +8,8 @@
 //!   incidents, for backfill and forensics.
 //! - `tidemark api`: serves incidents over gRPC from its own store of the incidents topic.
 //! - `tidemark run`: ingest, correlate and api in one process, on an embedded broker by default.
+//! - `tidemark broker`: the embedded broker alone, for roles run as separate processes on one
+//!   machine (the loadtest runs them so, to measure each one).
 //! - `tidemark publish FILE...`: sends telemetry files to a raw topic.
 //! - `tidemark incidents ...`: the analyst's command line over the API.
 

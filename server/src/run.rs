@@ -7,6 +7,9 @@
 //! correlator and the api store their Kafka positions with their state, `run` clears their state
 //! directories at start when the broker is embedded. With `--brokers` it joins a real cluster
 //! (the topics must exist) and keeps its state.
+//!
+//! `tidemark broker` starts the same embedded broker and topics without the roles, so that each
+//! role can run as a process of its own against it.
 
 use std::io::Write as _;
 use std::path::PathBuf;
