@@ -1,18 +1,20 @@
 """The chain written as rules for the Elastic EQL engine and for Sigma (rsigma).
 
 Both rule sets say the same thing, in each language's best form, over the flat events of
-`events.py`, with the indicator lists and policy of `indicators.py`. Each rule is a sequence of
-steps, in order, on one workload within the correlation window:
+`events.py`, with the indicator lists and policy of `indicators.py`. Each rule but the last is a
+sequence of steps, in order, within the correlation window, joined by workload unless it says
+otherwise:
 
 - `unapproved-deploy-miner-pool` (deploy, execution, impact): the workload is deployed with an
   image outside the approved registries and digests; a miner process; a pool connection.
 - `access-miner-pool` (implant, execution, impact): an exec, attach or ephemeral container; a
   miner process; a pool connection.
-- `untrusted-change-miner` (implant, execution): the workload is changed by an identity that is
-  not a trusted deployer; a miner process.
-- `untrusted-push-miner` (image, execution): a push by an identity that is not a trusted
-  pusher; a miner process running that image. Joined by digest and repository, not workload:
-  one image pushed to several repositories has one digest.
+- `untrusted-change-miner` (implant, execution): the containers of a running workload are
+  changed (patch, update, ECS `UpdateService`) by an identity that is not a trusted deployer;
+  a miner process.
+- `untrusted-push-miner` (image, execution): a push by a named identity that is not a trusted
+  pusher, or a push of an unapproved image; a miner process running that image. Joined by
+  digest and repository, not workload: one image pushed to several repositories has one digest.
 - `miner-pool` (execution, impact): a miner process; a pool connection.
 - `miner-task-definition` (deploy, execution): one event, a workload deployed with an
   unapproved image whose container command carries a miner marker.
@@ -27,18 +29,23 @@ Where the two languages differ:
 
 - The EQL engine compares strings, wildcards and regular expressions without regard to case
   (its default); Sigma's plain values and `contains` do too, but its `re` modifier is
-  case-sensitive, which matters only for the wallet pattern (Monero addresses are mixed case
-  by nature, so both engines read them as written).
+  case-sensitive. Only the wallet pattern is a regular expression in both: its base58 class
+  excludes `I`, `O` and `l`, which the EQL engine, ignoring case, lets through, so its wallet
+  test is slightly looser than Sigma's.
 - A Sigma value tested against a list field matches when any element matches, and the language
   has no "some element does not match": the Sigma rule for an unapproved deploy fires when no
   container's repository is approved, while the EQL rule (`arraySearch`) fires when any one is
   not. A workload that runs an unapproved image beside an approved sidecar is found by the EQL
   rule and missed by the Sigma one.
 
+When the policy approves no registry and no digest, tidemark does not judge deployed images,
+and the two rules that need an unapproved image are left out of both rule sets.
+
 What neither language can say, tidemark's correlator does: a sequence is joined on one key, so
 the re-pushed tag (joined by digest) and the rollout that picked it up (joined by workload)
 cannot be one match, and a tag re-pushed with a new digest cannot be told from a first push.
 """
+
 import json
 import re
 from pathlib import Path
@@ -55,6 +62,18 @@ STAGES = {
     "miner-pool": ["execution", "impact"],
     "miner-task-definition": ["deploy", "execution"],
 }
+
+
+# Verbs of a change to a running workload: only these can swap its image.
+CHANGING_VERBS = ["patch", "update", "UpdateService"]
+
+# Rules that need an image judged unapproved.
+NEED_JUDGED_IMAGES = {"unapproved-deploy-miner-pool", "miner-task-definition"}
+
+
+def judges_images(ind: Indicators) -> bool:
+    """Whether the policy approves any registry or digest, without which no image is judged."""
+    return bool(ind.approved_registries or ind.approved_digests)
 
 
 def _q(value: str) -> str:
@@ -86,7 +105,8 @@ def _command_substrings(ind: Indicators) -> list:
     # substrings per process event made the EQL engine about a hundred times slower. tidemark
     # also looks for pool domains in command lines; on the generated fleet every miner command
     # line carries a marker of this list as well.
-    return _listed(ind.command_markers + _algorithm_markers())
+    # Never empty: the algorithm markers are built in.
+    return ind.command_markers + _algorithm_markers()
 
 
 def _approved_patterns(ind: Indicators) -> list:
@@ -122,15 +142,27 @@ def eql_rules(ind: Indicators, window: str) -> list:
         f" and arraySearch(container_repositories, r, not {_wild('r', approved)})"
         f" and not {_wild('image_digest', digests)})"
     )
+    unapproved_push = (
+        f"(image_repository != null and not {_wild('image_repository', approved)}"
+        f" and not {_wild('image_digest', digests)})"
+    )
     command_in_container = (
         f"container_commands != null and arraySearch(container_commands, c,"
         f" match(c, {_q(command_regex)}))"
     )
     deployers = _listed(ind.trusted_deployers)
     untrusted_deployer = (
-        f"not ({_wild('actor_name', deployers)} or {_wild('actor_on_behalf_of', deployers)})"
+        f"verb in ({', '.join(_q(v) for v in CHANGING_VERBS)})"
+        f" and container_repositories != null"
+        f" and not ({_wild('actor_name', deployers)} or {_wild('actor_on_behalf_of', deployers)})"
     )
-    untrusted_pusher = f"not {_wild('actor_name', _listed(ind.trusted_pushers))}"
+    pushers = _listed(ind.trusted_pushers)
+    untrusted_pusher = (
+        f"(actor_name != null"
+        f" and not ({_wild('actor_name', pushers)} or {_wild('actor_on_behalf_of', pushers)}))"
+    )
+    if judges_images(ind):
+        untrusted_pusher = f"({untrusted_pusher} or {unapproved_push})"
     span = f"with maxspan={window}"
     queries = {
         "unapproved-deploy-miner-pool": f"sequence by workload_key {span}\n"
@@ -146,7 +178,11 @@ def eql_rules(ind: Indicators, window: str) -> list:
         f"  [any where {miner}]\n  [any where {pool}]",
         "miner-task-definition": f"workload where {unapproved} and {command_in_container}",
     }
-    return [{"name": n, "stages": STAGES[n], "query": q} for n, q in queries.items()]
+    return [
+        {"name": n, "stages": STAGES[n], "query": q}
+        for n, q in queries.items()
+        if judges_images(ind) or n not in NEED_JUDGED_IMAGES
+    ]
 
 
 def sigma_rules(ind: Indicators, window: str) -> list:
@@ -198,6 +234,26 @@ def sigma_rules(ind: Indicators, window: str) -> list:
         "condition": "selection and not filter_approved and not filter_digest",
     }
     trusted = _listed(ind.trusted_deployers)
+    pushers = _listed(ind.trusted_pushers)
+    untrusted_push = {
+        "selection": {"event_type": "registry"},
+        "selection_actor": {"actor_name|exists": True},
+        "filter_trusted": {"actor_name": pushers},
+        "filter_on_behalf": {"actor_on_behalf_of": pushers},
+        "condition": "selection and selection_actor and not filter_trusted"
+        " and not filter_on_behalf",
+    }
+    if judges_images(ind):
+        untrusted_push.update(
+            {
+                "selection_repository": {"image_repository|exists": True},
+                "filter_approved": {"image_repository|startswith": approved_prefixes},
+                "filter_digest": {"image_digest": digests},
+                "condition": "selection and ((selection_actor and not filter_trusted"
+                " and not filter_on_behalf) or (selection_repository and not filter_approved"
+                " and not filter_digest))",
+            }
+        )
     docs = [
         detection("miner-process", miner),
         detection("pool-connection", pool),
@@ -208,20 +264,17 @@ def sigma_rules(ind: Indicators, window: str) -> list:
         detection(
             "untrusted-change",
             {
-                "selection": {"event_type": "workload"},
+                "selection": {
+                    "event_type": "workload",
+                    "verb": CHANGING_VERBS,
+                    "container_repositories|exists": True,
+                },
                 "filter_actor": {"actor_name": trusted},
                 "filter_on_behalf": {"actor_on_behalf_of": trusted},
                 "condition": "selection and not filter_actor and not filter_on_behalf",
             },
         ),
-        detection(
-            "untrusted-push",
-            {
-                "selection": {"event_type": "registry"},
-                "filter_trusted": {"actor_name": _listed(ind.trusted_pushers)},
-                "condition": "selection and not filter_trusted",
-            },
-        ),
+        detection("untrusted-push", untrusted_push),
         detection(
             "miner-task-definition",
             {
@@ -272,6 +325,8 @@ def sigma_rules(ind: Indicators, window: str) -> list:
         ),
         correlation("miner-pool", ["miner-process", "pool-connection"], ["workload_key"]),
     ]
+    if not judges_images(ind):
+        docs = [d for d in docs if d["name"] not in NEED_JUDGED_IMAGES | {"unapproved-deploy"}]
     return docs
 
 
