@@ -82,6 +82,13 @@ def row(name: str, r: dict) -> str:
     )
 
 
+def cpu(engine: dict) -> str:
+    """CPU seconds, with the system's share when the results record it."""
+    system = engine.get("system_cpu_secs")
+    total = f"{engine['cpu_secs']:.1f}"
+    return f"{total} ({system:.1f} system)" if system is not None else total
+
+
 def detections(engine: dict) -> str:
     """The detection count, with those that name no workload (and so are not scored) apart."""
     without = engine.get("detections_without_workload", 0)
@@ -107,7 +114,7 @@ def engine_gaps(engines: dict, names: dict) -> list:
         )
         if missed:
             lines.append(
-                f"- {name} {across}; not all in one detection for: {', '.join(missed)}."
+                f"- {name} {across}; attacks not found whole in one detection: {', '.join(missed)}."
             )
         else:
             lines.append(f"- {name} {across}, and every attack's stages in one detection.")
@@ -143,6 +150,9 @@ def comparison_lines(compare: dict) -> list:
     """The side-by-side replay: a table, the targets, and what each engine missed."""
     engines = compare["engines"]
     names = {"tidemark": "tidemark replay", "eql": "EQL (`eql` 1.0.1)", "rsigma": "rsigma 0.23.0"}
+    flags = engines.get("rsigma", {}).get("flags")
+    if flags:
+        names["rsigma"] += f" ({' '.join(flags)})"
     lines = [
         "## Side by side: tidemark replay, the Elastic EQL engine, rsigma",
         "",
@@ -164,7 +174,7 @@ def comparison_lines(compare: dict) -> list:
         speedup = engine.get("tidemark_speedup")
         lines.append(
             f"| {names.get(key, key)} | {engine['input']} | {engine['events_per_sec']:,.0f} | "
-            f"{'-' if speedup is None else f'{speedup:.2f}x'} | {engine['cpu_secs']:.1f} | "
+            f"{'-' if speedup is None else f'{speedup:.2f}x'} | {cpu(engine)} | "
             f"{engine['peak_rss_mib']:.0f} | {engine['recall']:.3f} | "
             f"{engine['recall_any_stages_union']:.3f} | {engine['precision']:.3f} | "
             f"{detections(engine)} |"

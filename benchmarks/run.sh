@@ -3,8 +3,8 @@
 # (seed 7; EVENTS records, 1,000,000 by default), drives it twice through Kafka with
 # `tidemark-loadtest run`, which starts the embedded broker (`tidemark broker`) and each role
 # (`tidemark ingest`, `correlate`, `api`) as a process of its own (flat out, then at half the
-# sustained rate measured flat out), replays the same files side by side with tidemark, the Elastic EQL engine
-# and rsigma (benchmarks/compare/), and renders the report.
+# sustained rate measured flat out), replays the same files side by side with tidemark, the
+# Elastic EQL engine and rsigma (benchmarks/compare/), and renders the report.
 #
 # Needs python3. The comparison's engines are benchmark tools, not tidemark dependencies: `eql`
 # (and matplotlib, PyYAML) are installed with pip into virtual environments under the target
@@ -41,7 +41,7 @@ if [ ! -x "$tools/bin/rsigma" ]; then
   # its default features. daachorse-index makes its --cross-rule-ac prefilter available; on
   # these seven rules it changed nothing measurable (1.81 s against 1.84 s for 200,000 events,
   # as did --logsource-routing and --bloom-prefilter), so compare.py runs rsigma's defaults
-  # (`--rsigma-flag` passes any of them).
+  # (`--rsigma-flag=--cross-rule-ac` passes one).
   CARGO_TARGET_DIR="$tools/target" cargo install rsigma --version 0.23.0 --locked \
     --features daachorse-index --root "$tools"
 fi

@@ -2,7 +2,7 @@
 
 Usage:
   compare.py --fleet DIR --tidemark BIN --rsigma BIN --eql-python PYTHON --policy YAML
-             --work DIR --out JSON
+             --work DIR --out JSON [--rsigma-flag=FLAG ...]
 
 Steps, each measured on its own (wall seconds; CPU seconds from the child's rusage; peak RSS
 read from `/proc` while it runs):
@@ -71,6 +71,8 @@ def run(argv: list, stdout=None) -> dict:
     return {
         "wall_secs": wall,
         "cpu_secs": usage.ru_utime + usage.ru_stime,
+        "user_cpu_secs": usage.ru_utime,
+        "system_cpu_secs": usage.ru_stime,
         "peak_rss_mib": peak_kib / 1024,
     }
 
@@ -99,7 +101,8 @@ def main() -> int:
         "--rsigma-flag",
         action="append",
         default=[],
-        help="an extra flag for `rsigma engine eval`, such as --cross-rule-ac (repeatable)",
+        help="an extra flag for `rsigma engine eval`, written with `=` so that it is not read as"
+        " an option of this script: --rsigma-flag=--cross-rule-ac (repeatable)",
     )
     args = parser.parse_args()
 
