@@ -9,9 +9,12 @@ otherwise:
   image outside the approved registries and digests; a miner process; a pool connection.
 - `access-miner-pool` (implant, execution, impact): an exec, attach or ephemeral container; a
   miner process; a pool connection.
-- `untrusted-change-miner` (implant, execution): the containers of a running workload are
-  changed (patch, update, ECS `UpdateService`) by an identity that is not a trusted deployer;
-  a miner process.
+- `untrusted-change-miner` (implant, execution): the workload is changed in any way by an
+  identity that is not a trusted deployer; a miner process. Broader than tidemark, which counts
+  a change of a running workload's containers, or a rollout that picked up a flagged push: a
+  rollout restart (a patch of an annotation) that picks up a re-pushed tag changes no
+  container, and a sequence cannot join the push (by digest) to the rollout (by workload), so
+  only this broader rule lets the other engines see the implant stage of that pattern at all.
 - `untrusted-push-miner` (image, execution): a push by a named identity that is not a trusted
   pusher, or a push of an unapproved image; a miner process running that image. Joined by
   digest and repository, not workload: one image pushed to several repositories has one digest.
@@ -63,9 +66,6 @@ STAGES = {
     "miner-task-definition": ["deploy", "execution"],
 }
 
-
-# Verbs of a change to a running workload: only these can swap its image.
-CHANGING_VERBS = ["patch", "update", "UpdateService"]
 
 # Rules that need an image judged unapproved.
 NEED_JUDGED_IMAGES = {"unapproved-deploy-miner-pool", "miner-task-definition"}
@@ -152,9 +152,7 @@ def eql_rules(ind: Indicators, window: str) -> list:
     )
     deployers = _listed(ind.trusted_deployers)
     untrusted_deployer = (
-        f"verb in ({', '.join(_q(v) for v in CHANGING_VERBS)})"
-        f" and container_repositories != null"
-        f" and not ({_wild('actor_name', deployers)} or {_wild('actor_on_behalf_of', deployers)})"
+        f"not ({_wild('actor_name', deployers)} or {_wild('actor_on_behalf_of', deployers)})"
     )
     pushers = _listed(ind.trusted_pushers)
     untrusted_pusher = (
@@ -264,11 +262,7 @@ def sigma_rules(ind: Indicators, window: str) -> list:
         detection(
             "untrusted-change",
             {
-                "selection": {
-                    "event_type": "workload",
-                    "verb": CHANGING_VERBS,
-                    "container_repositories|exists": True,
-                },
+                "selection": {"event_type": "workload"},
                 "filter_actor": {"actor_name": trusted},
                 "filter_on_behalf": {"actor_on_behalf_of": trusted},
                 "condition": "selection and not filter_actor and not filter_on_behalf",
