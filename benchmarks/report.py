@@ -96,6 +96,12 @@ def detections(engine: dict) -> str:
     return f"{count} ({without:,} without a workload)" if without else count
 
 
+def all_found(found: str) -> bool:
+    """Whether a `found/total` count of `score.py` found every attack."""
+    hits, total = found.split("/")
+    return hits == total
+
+
 def engine_gaps(engines: dict, names: dict) -> list:
     """One sentence per engine on what it missed, read from its scores."""
     lines = []
@@ -104,7 +110,7 @@ def engine_gaps(engines: dict, names: dict) -> list:
         missed = [
             f"{pattern} ({found})"
             for pattern, found in sorted(engine["recall_by_pattern"].items())
-            if found.split("/")[0] != found.split("/")[1]
+            if not all_found(found)
         ]
         union = engine["recall_any_stages_union"]
         across = (

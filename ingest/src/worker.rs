@@ -131,7 +131,8 @@ impl ConsumerContext for LogRebalance {
             Rebalance::Revoke(partitions) => {
                 info!(partitions = partitions.count(), "raw partitions revoked");
             }
-            Rebalance::Error(error) => warn!(%error, "rebalance error"),
+            // rdkafka logs a failed rebalance itself.
+            Rebalance::Error(_) => {}
         }
     }
 }
