@@ -209,11 +209,23 @@ impl<S: StateStore + Sync + 'static> ConsumerContext for ResumeFromState<S> {
                     .iter()
                     .map(|element| (element.topic().to_owned(), element.partition()))
                     .collect();
+                // Positions the state holds are durable: they are committed to the group as
+                // well, or a worker killed between storing a batch and committing its offsets
+                // would leave the group behind the state for good on a partition that receives
+                // nothing more (consumer lag that never clears).
+                let mut from_state = TopicPartitionList::new();
                 for (topic, partition) in partitions {
                     match self.engine.next_offset(&topic, partition) {
                         Ok(Some(next)) => {
-                            if let Err(error) =
-                                tpl.set_partition_offset(&topic, partition, Offset::Offset(next))
+                            if let Err(error) = tpl
+                                .set_partition_offset(&topic, partition, Offset::Offset(next))
+                                .and_then(|()| {
+                                    from_state.add_partition_offset(
+                                        &topic,
+                                        partition,
+                                        Offset::Offset(next),
+                                    )
+                                })
                             {
                                 warn!(topic, partition, %error, "cannot resume from the state");
                             }
@@ -227,6 +239,11 @@ impl<S: StateStore + Sync + 'static> ConsumerContext for ResumeFromState<S> {
                 info!(partitions = tpl.count(), "signals partitions assigned");
                 if let Err(error) = consumer.assign(tpl) {
                     warn!(%error, "assignment failed");
+                } else if from_state.count() > 0
+                    && let Err(error) = consumer.commit(&from_state, CommitMode::Async)
+                {
+                    // Not fatal: the next batch on the partition commits again.
+                    warn!(%error, "committing the state's positions failed");
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
